@@ -1,0 +1,34 @@
+# Fresh machine: `make demo` or `make test` runs the set-up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel is local here; on a GPU cluster use e.g. TORCH_SPEC="torch==2.5.1" with your CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+LLAVA_SPEC := llava-torch==1.2.2.post1
+
+.PHONY: setup demo test patch-check clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: setup.py constraints.txt $(wildcard patches/*.patch)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# llava's own pins are obsolete: install it without them, then apply patches/ to it.
+	$(PY) -m pip install -q --no-deps $(LLAVA_SPEC)
+	# torchvision breaks transformers' CLIP import beside the CPU torch wheel; the PIL processors need none.
+	-$(PY) -m pip uninstall -q -y torchvision
+	$(VENV)/bin/llava-dpa patch-llava
+	touch $@
+
+demo: setup
+	$(PY) -m llava_dpa.demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+patch-check: setup
+	$(VENV)/bin/llava-dpa patch-llava --check
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

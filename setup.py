@@ -1,0 +1,39 @@
+"""llava-dpa: Deep Pre-Alignment (a small VLM as the vision encoder) for LLaVA.
+
+llava-torch is deliberately NOT a dependency here: its pins (torch 2.0, transformers 4.36) are far too
+old, so it is installed with --no-deps (see the Makefile) and then patched (`llava-dpa patch-llava`).
+Ranges admit both the CPU stack tested here (torch 2.13, transformers 4.57.6) and current GPU stacks;
+`constraints.txt` pins the tested versions.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="llava-dpa",
+    version="0.1.0",
+    description="Deep Pre-Alignment for LLaVA: a perceiver VLM as a drop-in vision tower",
+    packages=find_packages(include=["llava_dpa", "llava_dpa.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.57.6,<6",
+        "tokenizers>=0.20",
+        "peft>=0.13",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "sentencepiece",
+        "protobuf",
+        "pillow",
+        "numpy",
+        "requests",
+        "shortuuid",
+        "tqdm",
+        "einops",
+    ],
+    extras_require={
+        "qlora": ["bitsandbytes>=0.45"],
+        "deepspeed": ["deepspeed>=0.15"],
+        "flash-attn": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8", "bitsandbytes>=0.45", "deepspeed>=0.15"],
+    },
+    entry_points={"console_scripts": ["llava-dpa=llava_dpa.cli:main"]},
+)
