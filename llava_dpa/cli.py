@@ -1,0 +1,68 @@
+"""`llava-dpa` command line. Each subcommand lives in the module that owns its concept; this file only
+parses arguments and dispatches."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _patch_llava(args):
+    from llava_dpa.llava_integration import patching
+
+    if args.check:
+        rows = patching.report()
+        for name, state, summary in rows:
+            print(f"{name:24s} {state:10s} {summary}")
+        version = patching.installed_llava_version()
+        print(f"llava-torch {version} at {patching.llava_site_dir() / 'llava'}")
+        return 0 if all(state == "applied" for _, state, _ in rows) else 1
+    if args.revert:
+        patching.revert_all()
+        return 0
+    patching.apply_all()
+    return 0
+
+
+def _zoo(args):
+    from llava_dpa.zoo import build_zoo
+
+    paths = build_zoo(args.output)
+    for key, value in paths.items():
+        print(f"{key:20s} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-dpa", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("patch-llava", help="apply patches/ to the installed llava (idempotent)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="report each patch's state; exit 1 unless all applied")
+    group.add_argument("--revert", action="store_true", help="undo the patches")
+    p.set_defaults(func=_patch_llava)
+
+    p = sub.add_parser("zoo", help="build the tiny offline model zoo and synthetic data (for tests and demos)")
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=_zoo)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Feature modules add their subcommands here: (subparsers) -> None.
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+        print(f"llava-dpa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

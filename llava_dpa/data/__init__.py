@@ -1,0 +1,1 @@
+"""LLaVA-format data: tokenization with image placeholders, label masks, images and anyres tiles."""

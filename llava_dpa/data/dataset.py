@@ -1,0 +1,218 @@
+"""LLaVA-format supervised dataset and collator with multi-image samples, anyres tiles and bad-sample
+handling.
+
+A bad sample (missing or corrupt image, placeholder/image mismatch, too long, malformed turns) raises
+SampleError naming the sample. With `--strict_data True` that stops training; by default the sample is
+skipped, a warning names it, and the count is logged as `skipped_samples`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from llava_dpa.data.anyres import process_anyres_image
+from llava_dpa.data.tokenization import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+logger = logging.getLogger("llava_dpa.data")
+
+
+class SampleError(ValueError):
+    pass
+
+
+def load_records(data_path: str) -> list[dict]:
+    if not os.path.isfile(data_path):
+        raise FileNotFoundError(f"--data_path {data_path} does not exist")
+    with open(data_path) as f:
+        if data_path.endswith(".jsonl"):
+            return [json.loads(line) for line in f if line.strip()]
+        return json.load(f)
+
+
+def image_files_of(sample: dict) -> list[str]:
+    image = sample.get("image")
+    if image is None:
+        return []
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def expand2square(pil_img, background_color):
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def process_image(image, processor, data_args):
+    mode = data_args.image_aspect_ratio
+    if mode == "anyres":
+        return process_anyres_image(image, processor, data_args.image_grid_pinpoints)
+    if mode == "pad":
+        image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
+    elif mode not in ("square", None):
+        raise ValueError(f"unknown --image_aspect_ratio {mode!r}; use square, pad or anyres")
+    return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+
+def move_single_placeholder_first(conversations, mm_use_im_start_end: bool):
+    """LLaVA's convention for one-image samples: the placeholder opens its turn."""
+    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN
+
+    for turn in conversations:
+        if DEFAULT_IMAGE_TOKEN in turn["value"]:
+            turn["value"] = DEFAULT_IMAGE_TOKEN + "\n" + turn["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        if mm_use_im_start_end:
+            turn["value"] = turn["value"].replace(
+                DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN)
+    return conversations
+
+
+class LazySupervisedDataset(Dataset):
+    """Same constructor as llava.train.train.LazySupervisedDataset."""
+
+    def __init__(self, data_path: str, tokenizer, data_args):
+        super().__init__()
+        self.list_data_dict = load_records(data_path)
+        self.tokenizer = tokenizer
+        self.data_args = data_args
+        self.strict = bool(getattr(data_args, "strict_data", False))
+        # Shared with DataLoader worker processes so the trainer can log the total.
+        self._skipped = multiprocessing.Value("i", 0)
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped.value
+
+    def __len__(self):
+        return len(self.list_data_dict)
+
+    @property
+    def lengths(self):
+        return [sum(len(c["value"].split()) for c in s["conversations"]) + 128 * len(image_files_of(s))
+                for s in self.list_data_dict]
+
+    @property
+    def modality_lengths(self):
+        out = []
+        for s in self.list_data_dict:
+            n = sum(len(c["value"].split()) for c in s["conversations"])
+            out.append(n if image_files_of(s) else -n)
+        return out
+
+    def sample_name(self, i: int) -> str:
+        sid = self.list_data_dict[i].get("id")
+        return f"sample #{i}" + (f" (id {sid!r})" if sid is not None else "")
+
+    def __getitem__(self, i):
+        for attempt in range(len(self)):
+            j = (i + attempt) % len(self)
+            try:
+                return self.get_sample(j)
+            except SampleError as exc:
+                if self.strict:
+                    raise
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                logger.warning("skipping %s (--strict_data True would stop here)", exc)
+        raise SampleError(f"every sample in {getattr(self.data_args, 'data_path', 'the data')} is invalid")
+
+    # ---- one sample --------------------------------------------------------------------------------
+    def load_image(self, i: int, image_file: str):
+        folder = self.data_args.image_folder or ""
+        path = os.path.join(folder, image_file)
+        if not os.path.isfile(path):
+            raise SampleError(f"{self.sample_name(i)}: image {path} does not exist (check --image_folder)")
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise SampleError(f"{self.sample_name(i)}: image {path} cannot be read ({exc})") from None
+
+    def get_sample(self, i: int) -> dict:
+        from llava.train.train import preprocess
+
+        sample = self.list_data_dict[i]
+        name = self.sample_name(i)
+        conversations = copy.deepcopy(sample.get("conversations"))
+        if not conversations:
+            raise SampleError(f"{name}: no 'conversations'")
+        files = image_files_of(sample)
+        placeholders = sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
+        if files and placeholders != len(files):
+            raise SampleError(f"{name}: {len(files)} image(s) but {placeholders} <image> placeholder(s) in the text")
+        if not files and placeholders:
+            raise SampleError(f"{name}: the text has {placeholders} <image> placeholder(s) but the sample has no 'image'")
+
+        processor = getattr(self.data_args, "image_processor", None)
+        images, sizes = [], []
+        for f in files:
+            image = self.load_image(i, f)
+            sizes.append(image.size)
+            images.append(process_image(image, processor, self.data_args))
+        if len(files) == 1:
+            conversations = move_single_placeholder_first(conversations, getattr(self.data_args, "mm_use_im_start_end", False))
+
+        try:
+            data = preprocess([conversations], self.tokenizer, has_image=bool(files))
+        except (ValueError, AssertionError, KeyError) as exc:
+            raise SampleError(f"{name}: {type(exc).__name__}: {exc}") from None
+        input_ids, labels = data["input_ids"][0], data["labels"][0]
+        if (labels != IGNORE_INDEX).sum() == 0:
+            raise SampleError(f"{name}: no target tokens after preprocessing (is the reply empty?)")
+
+        per_image = getattr(self.data_args, "tokens_per_image", 0)
+        total = int((input_ids != IMAGE_TOKEN_INDEX).sum()) + per_image * len(files)
+        max_len = self.tokenizer.model_max_length
+        if total > max_len:
+            raise SampleError(f"{name}: {total} tokens ({total - per_image * len(files)} text + {per_image} per image x "
+                              f"{len(files)}) exceeds --model_max_length {max_len}; raise it or drop the sample")
+
+        out = dict(input_ids=input_ids, labels=labels)
+        if processor is not None and getattr(self.data_args, "is_multimodal", False):
+            if not images:
+                side = processor.crop_size["height"]
+                images, sizes = [torch.zeros(3, side, side)], [(side, side)]
+            out["images"], out["image_sizes"] = images, sizes
+        return out
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    tokenizer: object
+
+    def __call__(self, instances):
+        max_len = self.tokenizer.model_max_length
+        input_ids = [x["input_ids"][:max_len] for x in instances]
+        labels = [x["labels"][:max_len] for x in instances]
+        width = max(len(x) for x in input_ids)
+        batch_ids = torch.full((len(instances), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        batch_labels = torch.full((len(instances), width), IGNORE_INDEX, dtype=torch.long)
+        # The mask comes from lengths, not from `ids != pad`: the pad id may be a real token elsewhere.
+        mask = torch.zeros((len(instances), width), dtype=torch.bool)
+        for row, (ids, lab) in enumerate(zip(input_ids, labels)):
+            batch_ids[row, :len(ids)] = ids
+            batch_labels[row, :len(lab)] = lab
+            mask[row, :len(ids)] = True
+        batch = dict(input_ids=batch_ids, labels=batch_labels, attention_mask=mask)
+        if "images" in instances[0]:
+            images = [img for x in instances for img in x["images"]]
+            sizes = [s for x in instances for s in x["image_sizes"]]
+            batch["images"] = torch.stack(images) if all(im.shape == images[0].shape for im in images) else images
+            batch["image_sizes"] = sizes
+        return batch
+
+
+def make_supervised_data_module(tokenizer, data_args) -> dict:
+    dataset = LazySupervisedDataset(tokenizer=tokenizer, data_path=data_args.data_path, data_args=data_args)
+    return dict(train_dataset=dataset, eval_dataset=None, data_collator=DataCollatorForSupervisedDataset(tokenizer))

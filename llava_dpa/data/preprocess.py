@@ -1,0 +1,42 @@
+"""Conversations -> input_ids and labels for the chat templates (`--version qwen_3`, `llama_3`).
+
+llava.train.train.preprocess dispatches here for those versions (patches/02-train-delegate.patch).
+Labels cover exactly the assistant replies and their end-of-turn tokens.
+"""
+from __future__ import annotations
+
+from llava_dpa.data.tokenization import encode_with_targets
+from llava_dpa.templates import render
+
+ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+class ConversationError(ValueError):
+    pass
+
+
+def to_turns(source: list[dict]) -> list[tuple[str, str]]:
+    turns = []
+    for message in source:
+        role = ROLE.get(message.get("from"))
+        if role is None:
+            raise ConversationError(f"unknown speaker {message.get('from')!r}; use human/gpt (or user/assistant)")
+        turns.append((role, message["value"]))
+    if turns and turns[0][0] != "user":
+        turns = turns[1:]  # LLaVA's data sometimes starts with a gpt turn; llava skips it too
+    for i, (role, _) in enumerate(turns):
+        if role != ("user" if i % 2 == 0 else "assistant"):
+            raise ConversationError("turns must alternate human, gpt, human, gpt, ...")
+    if not turns or turns[-1][0] != "assistant":
+        raise ConversationError("a training conversation must end with a gpt reply")
+    return turns
+
+
+def preprocess_chat(sources, tokenizer, conversation) -> dict:
+    input_ids, labels = [], []
+    for source in sources:
+        text, spans = render(conversation.version, conversation.system, to_turns(source))
+        ids, targets = encode_with_targets(text, spans, tokenizer)
+        input_ids.append(ids)
+        labels.append(targets)
+    return dict(input_ids=input_ids, labels=labels)

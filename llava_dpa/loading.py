@@ -1,0 +1,157 @@
+"""`load_pretrained_model`: what llava.model.builder.load_pretrained_model delegates to.
+
+A folder is a LLaVA checkpoint when its config has `mm_vision_tower`, whatever it is called; the class
+comes from `config.model_type`. Three layouts are read:
+- full: weights of everything (the tower included) in the folder;
+- LoRA: adapter + non_lora_trainables.bin, with `model_base` the base LLM;
+- projector-only (stage 1): mm_projector.bin, with `model_base` the base LLM.
+The tower's weights come from the checkpoint when it has them; otherwise from the tower folder named in
+the config, and if that is gone too the error says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from llava_dpa.language_models import target_class_for
+from llava_dpa.towers.weights import checkpoint_keys
+
+TOWER_KEY = ".vision_tower."
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def resolve_device(device: str) -> str:
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn("CUDA is not available; loading the model on the CPU in float32")
+        return "cpu"
+    return device
+
+
+def _config_dict(model_path: str) -> dict:
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_path}: no config.json; is this a model folder?")
+    return json.loads(path.read_text())
+
+
+def _read_non_lora(model_path: str) -> dict:
+    path = os.path.join(model_path, "non_lora_trainables.bin")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{model_path}: a LoRA checkpoint needs non_lora_trainables.bin next to the adapter")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {(k[len("base_model.model."):] if k.startswith("base_model.model.") else k): v for k, v in state.items()}
+    return state
+
+
+def _tokenizer(model_path: str, model_base: str | None):
+    source = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else model_base
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
+                          device="cuda", use_flash_attn=False, **kwargs):
+    kwargs.pop("multimodal", None)  # lmms-eval passes it to LLaVA-NeXT's builder
+    device = resolve_device(device)
+    if device != "cuda" or not torch.cuda.is_available():
+        device_map = {"": device}
+    load_kwargs = {"device_map": device_map}
+    attn = kwargs.pop("attn_implementation", None) or ("flash_attention_2" if use_flash_attn else "sdpa")
+    load_kwargs["attn_implementation"] = attn
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    if load_8bit:
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif load_4bit:
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16 if device != "cpu" else torch.float32,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    else:
+        load_kwargs["torch_dtype"] = dtype or (torch.float32 if device == "cpu" else torch.float16)
+    load_kwargs.update(kwargs)
+
+    cfg = _config_dict(model_path)
+    if "mm_vision_tower" not in cfg:
+        return _load_language_model(model_path, model_base, load_kwargs)
+
+    cls = target_class_for(cfg["model_type"])
+    is_lora = os.path.isfile(os.path.join(model_path, "adapter_config.json"))
+    has_projector_only = os.path.isfile(os.path.join(model_path, "mm_projector.bin")) and not checkpoint_keys(model_path)
+    tokenizer = _tokenizer(model_path, model_base)
+    tower_in_checkpoint = False
+    if is_lora or has_projector_only:
+        if model_base is None:
+            kind = "a LoRA" if is_lora else "a projector-only (stage-1)"
+            raise CheckpointError(f"{model_path} is {kind} checkpoint: pass model_base (--model-base) = the base LLM folder")
+        config = AutoConfig.from_pretrained(model_path)
+        model = cls.from_pretrained(model_base, config=config, low_cpu_mem_usage=True, **load_kwargs)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        if is_lora:
+            extra = _read_non_lora(model_path)
+            tower_in_checkpoint = any(TOWER_KEY in k for k in extra)
+            _load_partial(model, extra, model_path)
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        else:
+            projector = torch.load(os.path.join(model_path, "mm_projector.bin"), map_location="cpu", weights_only=True)
+            _load_partial(model, projector, model_path)
+    else:
+        tower_in_checkpoint = any(TOWER_KEY in k for k in checkpoint_keys(model_path))
+        model = cls.from_pretrained(model_path, low_cpu_mem_usage=True, **load_kwargs)
+
+    _add_llava_tokens(model, tokenizer)
+    tower = model.get_vision_tower()
+    if tower_in_checkpoint:
+        tower.mark_loaded()
+    elif not tower.is_loaded:
+        if not os.path.exists(tower.vision_tower_name) and os.path.sep in tower.vision_tower_name:
+            raise CheckpointError(
+                f"{model_path} holds no vision-tower weights and the tower folder {tower.vision_tower_name} it names "
+                f"does not exist; restore that folder or load a checkpoint saved with its tower")
+        tower.load_model(device_map=device_map)
+    target_device = device if device != "cuda" else model.device
+    tower.to(device=target_device, dtype=model.get_model().mm_projector[0].weight.dtype
+             if isinstance(model.get_model().mm_projector, torch.nn.Sequential) else model.dtype)
+    model.eval()
+    context_len = getattr(model.config, "max_sequence_length", None) or getattr(
+        model.config, "tokenizer_model_max_length", None) or 2048
+    return tokenizer, model, tower.image_processor, context_len
+
+
+def _load_partial(model, state: dict, source: str) -> None:
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{source}: weights {result.unexpected_keys[:3]} do not belong to this model")
+
+
+def _add_llava_tokens(model, tokenizer) -> None:
+    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+    if getattr(model.config, "mm_use_im_patch_token", True):
+        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if getattr(model.config, "mm_use_im_start_end", False):
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def _load_language_model(model_path, model_base, load_kwargs):
+    if model_base is not None:
+        from peft import PeftModel
+
+        tokenizer = AutoTokenizer.from_pretrained(model_base)
+        model = AutoModelForCausalLM.from_pretrained(model_base, low_cpu_mem_usage=True, **load_kwargs)
+        model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, low_cpu_mem_usage=True, **load_kwargs)
+    context_len = getattr(model.config, "max_sequence_length", 2048)
+    return tokenizer, model, None, context_len

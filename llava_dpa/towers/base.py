@@ -1,0 +1,161 @@
+"""The LLaVA-NeXT vision-tower interface, shared by every tower.
+
+A tower is built from config in __init__ (never from_pretrained there). Its weights come either from
+the outer checkpoint that contains it (the LLaVA loader then calls `mark_loaded`) or from its own
+folder through `load_model`, which reads them exactly once. The tower's config and image-processor
+settings are recorded in the LLaVA config (`mm_vision_tower_config`, `mm_vision_tower_processor`), so
+a trained checkpoint rebuilds its tower with the original tower folder gone.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn as nn
+
+from llava_dpa.towers import weights as W
+
+
+class VisionTower(nn.Module, ABC):
+    #: config.json model_type values this tower reads (the registry's key).
+    model_types: tuple[str, ...] = ()
+    #: prefixes under which the tower's weights may sit in its checkpoint folder.
+    checkpoint_prefixes: tuple[str, ...] = ("",)
+
+    def __init__(self, vision_tower: str, args, delay_load: bool = False):
+        super().__init__()
+        self.vision_tower_name = vision_tower
+        self.select_layer = getattr(args, "mm_vision_select_layer", -2)
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        self.is_loaded = False
+        self.weight_loads = 0  # how many times load_model read weights (tests assert exactly once)
+
+        embedded = getattr(args, "mm_vision_tower_config", None)
+        self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(vision_tower)
+        processor = getattr(args, "mm_vision_tower_processor", None)
+        self.processor_dict = dict(processor) if processor else self.read_processor_dict(vision_tower)
+        self.validate_select_feature()
+
+        self.vision_tower = self.build_model(self.tower_config_dict)
+        self.vision_tower.requires_grad_(False)
+        self.image_processor = self.build_image_processor(self.processor_dict)
+        if not delay_load:
+            self.load_model()
+
+    # ---- what each tower defines -------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, config_dict: dict) -> nn.Module:
+        """The encoder, randomly initialised from its config."""
+
+    @abstractmethod
+    def build_image_processor(self, processor_dict: dict):
+        """An image processor LLaVA's data code accepts (preprocess, crop_size, size, image_mean)."""
+
+    @abstractmethod
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> [N, num_patches, hidden_size]."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_patches_per_side(self) -> int: ...
+
+    def read_processor_dict(self, vision_tower: str) -> dict:
+        found = W.read_json_if_exists(vision_tower, "preprocessor_config.json")
+        if found is None:
+            raise FileNotFoundError(f"{vision_tower}: no preprocessor_config.json; a vision tower folder needs one")
+        return found
+
+    def validate_select_feature(self) -> None:
+        if self.select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"unexpected mm_vision_select_feature {self.select_feature!r}; use 'patch' or 'cls_patch'")
+
+    # ---- weights -------------------------------------------------------------------------------------
+    def load_model(self, device_map=None):
+        if self.is_loaded:
+            return
+        state = W.load_state_dict(self.vision_tower_name)
+        sub = W.select_submodule_state(state, self.vision_tower, self.checkpoint_prefixes, self.vision_tower_name)
+        self.vision_tower.load_state_dict(sub, strict=True)
+        self.weight_loads += 1
+        self.is_loaded = True
+
+    def mark_loaded(self):
+        """The weights were filled by the outer checkpoint (a trained LLaVA model)."""
+        self.is_loaded = True
+
+    def embedded_config(self) -> dict:
+        """What the LLaVA config records so the checkpoint rebuilds this tower on its own."""
+        return {"mm_vision_tower_config": self.tower_config_dict, "mm_vision_tower_processor": self.processor_dict}
+
+    # ---- the LLaVA-NeXT interface --------------------------------------------------------------------
+    def forward(self, images):
+        # No torch.no_grad here: stage 2 may train the tower. A frozen tower builds no graph anyway.
+        if isinstance(images, list):
+            return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0)) for image in images]
+        return self.encode(images.to(device=self.device, dtype=self.dtype))
+
+    @property
+    def dummy_feature(self):
+        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    @property
+    def dtype(self):
+        return next(self.vision_tower.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.vision_tower.parameters()).device
+
+    @property
+    def config(self):
+        cfg = self.vision_tower.config
+        # llava_arch reads config.image_size for the anyres grid; not every encoder config names it.
+        if getattr(cfg, "image_size", None) != self.image_size:
+            cfg.image_size = self.image_size
+        return cfg
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side ** 2
+
+
+class HiddenStateTower(VisionTower):
+    """Towers whose features are a hidden-state layer chosen by select_layer (CLIP, SigLIP)."""
+
+    has_cls_token = True
+
+    def encode(self, pixel_values):
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        features = out.hidden_states[self.select_layer]
+        if self.select_feature == "patch" and self.has_cls_token:
+            features = features[:, 1:]
+        return features
+
+    @property
+    def image_size(self):
+        return self.vision_tower.config.image_size
+
+    @property
+    def hidden_size(self):
+        return self.vision_tower.config.hidden_size
+
+    @property
+    def num_patches_per_side(self):
+        return self.vision_tower.config.image_size // self.vision_tower.config.patch_size
+
+
+def square_processor(processor):
+    """LLaVA's data code reads `crop_size` and `size['shortest_edge']`; give processors that resize to a
+    fixed square (SigLIP) both, without changing what they compute."""
+    side = processor.size.get("height") or processor.size.get("shortest_edge")
+    if not hasattr(processor, "crop_size") or processor.crop_size is None:
+        processor.crop_size = {"height": side, "width": side}
+    return processor
