@@ -90,6 +90,9 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
             kind = "a LoRA" if is_lora else "a projector-only (stage-1)"
             raise CheckpointError(f"{model_path} is {kind} checkpoint: pass model_base (--model-base) = the base LLM folder")
         config = AutoConfig.from_pretrained(model_path)
+        # A QLoRA run saves its 4-bit quantization_config; the LoRA merge needs unquantized base weights.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
         model = cls.from_pretrained(model_base, config=config, low_cpu_mem_usage=True, **load_kwargs)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
@@ -117,9 +120,8 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
                 f"{model_path} holds no vision-tower weights and the tower folder {tower.vision_tower_name} it names "
                 f"does not exist; restore that folder or load a checkpoint saved with its tower")
         tower.load_model(device_map=device_map)
-    target_device = device if device != "cuda" else model.device
-    tower.to(device=target_device, dtype=model.get_model().mm_projector[0].weight.dtype
-             if isinstance(model.get_model().mm_projector, torch.nn.Sequential) else model.dtype)
+    # The tower runs at the projector's dtype (never quantized), on the model's device.
+    tower.to(device=model.device, dtype=next(model.get_model().mm_projector.parameters()).dtype)
     model.eval()
     context_len = getattr(model.config, "max_sequence_length", None) or getattr(
         model.config, "tokenizer_model_max_length", None) or 2048

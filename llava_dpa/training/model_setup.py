@@ -83,17 +83,16 @@ def load_target(model_args, training_args, attn_implementation: str):
 
 
 def find_all_linear_names(model) -> list[str]:
-    """LoRA targets: the LM's linears; never the tower (perceiver included), projector or lm_head."""
-    import bitsandbytes  # noqa: F401  (only reached with LoRA; bnb layers subclass nn.Linear)
-
-    names = set()
+    """LoRA targets: the LM's linears, as full module names. llava used leaf names (q_proj, gate_proj),
+    which PEFT matches anywhere, so LoRA also landed in towers that reuse those names (Qwen2.5-VL's MLP,
+    a DPA perceiver's LM)."""
+    names = []
     for name, module in model.named_modules():
-        if any(k in name for k in ("mm_projector", "vision_tower", "vision_resampler")):
+        if any(k in name for k in ("mm_projector", "vision_tower", "vision_resampler")) or name.endswith("lm_head"):
             continue
-        if isinstance(module, torch.nn.Linear):
-            names.add(name.split(".")[-1])
-    names.discard("lm_head")
-    return sorted(names)
+        if isinstance(module, torch.nn.Linear):  # bitsandbytes' 4/8-bit layers subclass nn.Linear
+            names.append(name)
+    return names
 
 
 def set_stage_trainability(model, model_args, training_args) -> None:
