@@ -102,7 +102,8 @@ def set_stage_trainability(model, model_args, training_args) -> None:
     tower = model.get_vision_tower()
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
-        inner.mm_projector.requires_grad_(True)
+    # The projector trains in both stages (get_peft_model froze it under LoRA).
+    inner.mm_projector.requires_grad_(True)
     if training_args.freeze_mm_mlp_adapter:
         inner.mm_projector.requires_grad_(False)
     tower.requires_grad_(False)

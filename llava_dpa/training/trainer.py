@@ -23,6 +23,12 @@ STAGING_PREFIX = "tmp-" + PREFIX_CHECKPOINT_DIR
 
 
 class DPATrainer(LLaVATrainer):
+    def log(self, logs, *args, **kwargs):
+        # Every log line (and trainer_state.json) counts the bad samples skipped so far.
+        if hasattr(self.train_dataset, "skipped"):
+            logs["skipped_samples"] = self.train_dataset.skipped
+        return super().log(logs, *args, **kwargs)
+
     def create_optimizer(self):
         if self.optimizer is None:
             optimizer_cls, optimizer_kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
@@ -62,14 +68,10 @@ class DPATrainer(LLaVATrainer):
 
 
 class SkippedSamplesCallback(TrainerCallback):
-    """Adds the number of skipped bad samples to every log line."""
+    """Prints how many bad samples were skipped when training ends."""
 
     def __init__(self, dataset):
         self.dataset = dataset
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and hasattr(self.dataset, "skipped"):
-            logs["skipped_samples"] = self.dataset.skipped
 
     def on_train_end(self, args, state, control, **kwargs):
         skipped = getattr(self.dataset, "skipped", 0)

@@ -1,0 +1,76 @@
+"""LLaVA's own, unmodified entry points train, chat and evaluate (through subprocesses)."""
+import ast
+import json
+import re
+
+from conftest import PY, REPO, run, train_cmd
+
+IMAGE = "img_000.png"
+
+
+def chat(model_path, image, questions, extra=()):
+    proc = run([PY, "-m", "llava.serve.cli", "--model-path", str(model_path), "--image-file", image, "--device", "cpu",
+                "--temperature", "0", "--max-new-tokens", "6", "--debug", *extra], input="\n".join(questions) + "\n\n")
+    turns = [ast.literal_eval(m) for m in re.findall(r"^ (\{'prompt'.*\}) $", proc.stdout, flags=re.M)]
+    return proc, turns
+
+
+def test_train_mem_falls_back_to_sdpa_with_a_warning(baseline_stage1):
+    # the session fixture ran `python -m llava.train.train_mem`; check what it wrote
+    assert (baseline_stage1 / "mm_projector.bin").is_file()
+    import torch
+
+    state = torch.load(baseline_stage1 / "mm_projector.bin", weights_only=True)
+    assert state and all("mm_projector" in k for k in state)
+
+
+def test_train_module_and_flash_attention_fallback(zoo, tmp_path):
+    proc = run(train_cmd(zoo, tmp_path / "a", stage=1, module="llava.train.train_mem", extra=["--max_steps", "1"]))
+    assert "flash-attn is not installed; training with attn_implementation='sdpa'" in proc.stderr
+    run(train_cmd(zoo, tmp_path / "b", stage=1, module="llava.train.train", extra=["--max_steps", "1"]))
+    assert (tmp_path / "b" / "mm_projector.bin").is_file()
+
+
+def test_cli_two_turn_chat_keeps_history(zoo, baseline_stage2):
+    proc, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["What color is the shape?", "What shape is it?"])
+    assert len(turns) == 2, proc.stdout
+    first, second = turns
+    assert first["outputs"], "the model answered nothing"
+    assert first["prompt"].startswith("<|im_start|>user\n<image>\nWhat color is the shape?")
+    # the second prompt holds the first answer as an assistant turn
+    assert f"<|im_start|>assistant\n{first['outputs']}<|im_end|>" in second["prompt"]
+    assert second["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    data = json.loads(open(zoo["stage2_data"]).read())
+    truth = next(s for s in data if s.get("image") == IMAGE)["conversations"]
+    assert first["outputs"] == truth[1]["value"] and second["outputs"] == truth[3]["value"]
+
+
+def test_cli_conv_mode_override(zoo, baseline_stage2):
+    _, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["hi"], extra=["--conv-mode", "llava_v1"])
+    assert turns[0]["prompt"].startswith("A chat between a curious human")
+
+
+def test_run_llava_and_vqa_scripts(zoo, baseline_stage2, tmp_path):
+    proc = run([PY, "-m", "llava.eval.run_llava", "--model-path", str(baseline_stage2), "--image-file",
+                f"{zoo['images']}/{IMAGE}", "--query", "What color is the shape?", "--temperature", "0",
+                "--max_new_tokens", "4"])
+    data = json.loads(open(zoo["stage2_data"]).read())
+    truth = next(s for s in data if s.get("image") == IMAGE)["conversations"][1]["value"]
+    assert proc.stdout.strip().splitlines()[-1] == truth
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": i, "image": f"img_00{i}.png", "text": "What color is the shape?"})
+                                   for i in range(3)))
+    for module in ("llava.eval.model_vqa", "llava.eval.model_vqa_loader"):
+        answers = tmp_path / f"{module}.jsonl"
+        run([PY, "-m", module, "--model-path", str(baseline_stage2), "--image-folder", zoo["images"],
+             "--question-file", str(questions), "--answers-file", str(answers), "--temperature", "0"])
+        rows = [json.loads(line) for line in answers.read_text().splitlines()]
+        assert [r["question_id"] for r in rows] == [0, 1, 2] and all(r["text"] for r in rows)
+
+
+def test_deepspeed_zero2_on_cpu(zoo, tmp_path):
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
+    out = tmp_path / "zero2"
+    run(train_cmd(zoo, out, stage=2, extra=["--max_steps", "2", "--deepspeed", str(REPO / "scripts/deepspeed/zero2.json")]),
+        env=env, timeout=900)
+    assert (out / "model.safetensors").is_file()

@@ -1,0 +1,77 @@
+"""A killed run resumes from its last complete checkpoint when the same command runs again; the
+resumed loss curve continues the interrupted one; a kill during a save never leaves a checkpoint-N
+that the resume would trust."""
+import json
+
+from conftest import PY, run, train_cmd
+
+# Runs llava's real entry point with one extra callback that kills the process (no cleanup) at a step,
+# or kills it inside the RNG-state write of a given checkpoint save.
+KILLER = r'''
+import os, sys
+import llava_dpa.training.trainer as T
+from transformers import TrainerCallback
+
+class Kill(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == int(os.environ.get("KILL_AT_STEP", -1)):
+            os._exit(137)
+
+init = T.DPATrainer.__init__
+def patched_init(self, *a, **k):
+    init(self, *a, **k)
+    self.add_callback(Kill())
+T.DPATrainer.__init__ = patched_init
+
+save_rng = T.DPATrainer._save_rng_state
+def dying_save(self, output_dir):
+    if self.state.global_step == int(os.environ.get("KILL_IN_SAVE_AT", -1)):
+        os._exit(137)
+    return save_rng(self, output_dir)
+T.DPATrainer._save_rng_state = dying_save
+
+from llava.train.train import train
+train()
+'''
+
+
+def command(zoo, out, baseline_stage1):
+    return train_cmd(zoo, out, stage=2, extra=[
+        "--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin"), "--max_steps", "8",
+        "--save_strategy", "steps", "--save_steps", "2", "--learning_rate", "1e-3"])
+
+
+def losses(out):
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def test_killed_run_resumes_and_continues_the_loss_curve(zoo, baseline_stage1, tmp_path):
+    reference = tmp_path / "reference"
+    run(command(zoo, reference, baseline_stage1))
+
+    out = tmp_path / "killed"
+    cmd = command(zoo, out, baseline_stage1)
+    killed = run([PY, "-c", KILLER] + cmd[3:], env={"KILL_AT_STEP": "5"}, check=False)
+    assert killed.returncode == 137
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "model.safetensors").exists()
+
+    resumed = run(cmd)  # the very same command
+    assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
+    ref, got = losses(reference), losses(out)
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        assert abs(ref[step] - got[step]) < 1e-4, (step, ref[step], got[step])
+
+
+def test_kill_during_a_save_leaves_no_half_written_checkpoint(zoo, baseline_stage1, tmp_path):
+    out = tmp_path / "killed_in_save"
+    cmd = command(zoo, out, baseline_stage1)
+    killed = run([PY, "-c", KILLER] + cmd[3:], env={"KILL_IN_SAVE_AT": "4"}, check=False)
+    assert killed.returncode == 137
+    assert (out / "tmp-checkpoint-4").is_dir() and not (out / "checkpoint-4").exists()
+    resumed = run(cmd)
+    assert "checkpoint-2" in resumed.stdout.split("resuming from", 1)[1].splitlines()[0]
+    assert not list(out.glob("tmp-checkpoint-*"))
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint-8").is_dir()
