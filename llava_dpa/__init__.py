@@ -8,4 +8,7 @@ __version__ = "0.1.0"
 
 from llava_dpa.llava_integration.patching import require_patched_llava as _require_patched_llava
 
-_require_patched_llava()
+if _require_patched_llava():
+    # llava first: its package __init__ reads llava.model's names, which resolve lazily to
+    # llava_dpa.language_models; importing in this order keeps that cycle well-founded.
+    import llava  # noqa: F401

@@ -46,20 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.set_defaults(func=_zoo)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub)
     return parser
 
 
-# Feature modules add their subcommands here: (subparsers) -> None.
-_EXTRA_COMMANDS: list = []
+def _extra_commands():
+    """Subcommands that live with their feature: each module's register(subparsers)."""
+    from llava_dpa.perceiver import compose
+
+    return [compose.register]
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
         print(f"llava-dpa {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

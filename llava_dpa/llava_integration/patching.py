@@ -176,9 +176,10 @@ def _invoked_as_patch_tool() -> bool:
     return len(sys.argv) > 1 and sys.argv[1] == "patch-llava"
 
 
-def require_patched_llava() -> None:
+def require_patched_llava() -> bool:
+    """Raise unless llava carries every patch; False when the check is skipped (the patch tool itself)."""
     if os.environ.get(_ALLOW_ENV) == "1" or _invoked_as_patch_tool():
-        return
+        return False
     site = llava_site_dir()
     try:
         patches = all_patches()
@@ -190,3 +191,4 @@ def require_patched_llava() -> None:
             f"the installed llava ({site / 'llava'}) lacks llava-dpa's patches {missing}. "
             "Run `llava-dpa patch-llava` (or `make setup`) and retry; `llava-dpa patch-llava --check` shows the state."
         )
+    return True

@@ -1,0 +1,171 @@
+"""PerceiverTower: a LLaVA-format VLM checkpoint as LLaVA's vision tower (the DPA encoder).
+
+`--vision_tower <dir>` (or `dpa:<dir>`), where <dir>'s config has `mm_vision_tower`, selects it. The
+perceiver is built from its config (embedded in the target's config once trained, so the perceiver folder
+may then be deleted) and its weights come either from the target checkpoint or, once, from <dir>.
+
+Per image tile, the perceiver LM reads [its prompt prefix] + [projected ViT tokens]; the features are the
+hidden states at the ViT-token positions. Each anyres tile is its own sequence, so `num_patches_per_side`
+is the perceiver ViT's and LLaVA's spatial_unpad works unchanged.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from llava_dpa.towers import weights as W
+from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.registry import DPA_PREFIX
+
+
+class PerceiverError(ValueError):
+    pass
+
+
+def strip_prefix(name: str) -> str:
+    return name[len(DPA_PREFIX):] if name.startswith(DPA_PREFIX) else name
+
+
+class PerceiverTower(VisionTower):
+    model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
+
+    def __init__(self, vision_tower: str, args, delay_load: bool = False):
+        torch.nn.Module.__init__(self)
+        self.vision_tower_name = vision_tower
+        self.perceiver_path = strip_prefix(vision_tower)
+        self.is_loaded = False
+        self.weight_loads = 0
+        self.select_layer = getattr(args, "dpa_select_layer", None)
+        self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
+
+        embedded = getattr(args, "mm_vision_tower_config", None)
+        self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(self.perceiver_path)
+        if "mm_vision_tower" not in self.tower_config_dict:
+            raise PerceiverError(f"{self.perceiver_path} is not a LLaVA-format VLM (its config has no mm_vision_tower)")
+        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
+        self.prefix_ids = list(recorded) if recorded is not None else self.read_prefix_ids()
+
+        self.perceiver = self.build_model(self.tower_config_dict)
+        self.perceiver.requires_grad_(False)
+        self.processor_dict = self.vit.processor_dict
+        self.image_processor = self.vit.image_processor
+        self.register_buffer("prefix", torch.tensor(self.prefix_ids, dtype=torch.long), persistent=False)
+        layers = self.perceiver.config.num_hidden_layers
+        if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
+            raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
+        if not delay_load:
+            self.load_model()
+
+    # ---- construction --------------------------------------------------------------------------------
+    def build_model(self, config_dict: dict):
+        from llava_dpa.language_models import target_class_for
+
+        cls = target_class_for(config_dict["model_type"])
+        config = cls.config_class.from_dict({k: v for k, v in config_dict.items() if k != "model_type"})
+        config._attn_implementation = "sdpa"
+        if not config.to_dict().get("mm_vision_tower_config") and not os.path.exists(config.mm_vision_tower):
+            raise PerceiverError(f"the perceiver's own ViT {config.mm_vision_tower} is neither recorded in its config "
+                                 f"nor present on disk")
+        return cls(config)
+
+    def build_image_processor(self, processor_dict):  # the perceiver ViT's processor is used as is
+        return self.vit.image_processor
+
+    def read_prefix_ids(self) -> list[int]:
+        from transformers import AutoTokenizer
+
+        from llava_dpa.perceiver.prompt import prefix_ids
+
+        folder = Path(self.perceiver_path)
+        if not (folder / "tokenizer_config.json").is_file():
+            raise PerceiverError(
+                f"the perceiver {folder} has no tokenizer: its prompt prefix is built with its own tokenizer (which may "
+                f"differ from the target's). Save the perceiver LM's tokenizer into {folder}.")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return prefix_ids(tokenizer, self.tower_config_dict.get("conv_version"))
+
+    @property
+    def vit(self):
+        return self.perceiver.get_model().get_vision_tower()
+
+    def record_in_config(self, config, model_args=None) -> None:
+        """What the target's config keeps so the tower is rebuilt the same way from the checkpoint alone."""
+        config.mm_perceiver_prefix_ids = self.prefix_ids
+        config.dpa_select_layer = self.select_layer
+        config.perceiver_instruction_context = self.instruction_context
+
+    def embedded_config(self) -> dict:
+        return {"mm_vision_tower_config": self.tower_config_dict, "mm_vision_tower_processor": self.processor_dict}
+
+    # ---- weights -------------------------------------------------------------------------------------
+    def load_model(self, device_map=None):
+        if self.is_loaded:
+            return
+        state = W.load_state_dict(self.perceiver_path)
+        own = self.perceiver.state_dict()
+        missing = [k for k in own if k not in state and not self.is_tied(k)]
+        if missing:
+            raise PerceiverError(f"{self.perceiver_path} lacks perceiver weights {missing[:3]}; is it a full VLM "
+                                 f"checkpoint (not a LoRA or stage-1 projector-only folder)?")
+        self.perceiver.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        self.perceiver.tie_weights()
+        self.vit.mark_loaded()
+        self.weight_loads += 1
+        self.is_loaded = True
+
+    def is_tied(self, key: str) -> bool:
+        return key == "lm_head.weight" and getattr(self.perceiver.config, "tie_word_embeddings", False)
+
+    def mark_loaded(self):
+        self.vit.mark_loaded()
+        self.is_loaded = True
+
+    def set_trainable(self, model_args) -> None:
+        """Stage 2 trains the whole perceiver (ViT, projector, LM blocks) unless --freeze_perceiver True.
+        The LM head is unused by the features, so it stays frozen unless an auxiliary loss needs it."""
+        frozen = bool(getattr(model_args, "freeze_perceiver", False))
+        self.perceiver.requires_grad_(not frozen)
+        if not frozen and not getattr(model_args, "perceiver_aux_loss_weight", 0.0):
+            if not getattr(self.perceiver.config, "tie_word_embeddings", False):
+                self.perceiver.lm_head.requires_grad_(False)
+
+    # ---- features ------------------------------------------------------------------------------------
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        inner = self.perceiver.get_model()
+        visual = inner.mm_projector(self.vit(pixel_values))
+        n, tokens, _ = visual.shape
+        prefix = inner.embed_tokens(self.prefix.to(visual.device)).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
+        inputs = torch.cat([prefix, visual], dim=1)
+        start = prefix.shape[1]
+        if self.select_layer is None:
+            hidden = inner(inputs_embeds=inputs, use_cache=False).last_hidden_state
+        else:
+            hidden = inner(inputs_embeds=inputs, use_cache=False, output_hidden_states=True).hidden_states[self.select_layer]
+        return hidden[:, start:start + tokens]
+
+    # ---- the interface -------------------------------------------------------------------------------
+    @property
+    def dtype(self):
+        return next(self.perceiver.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.perceiver.parameters()).device
+
+    @property
+    def config(self):
+        return self.vit.config
+
+    @property
+    def image_size(self) -> int:
+        return self.vit.image_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.perceiver.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.vit.num_patches_per_side
