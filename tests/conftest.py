@@ -62,3 +62,27 @@ def baseline_stage2(zoo, baseline_stage1, tmp_path_factory):
     out = tmp_path_factory.mktemp("baseline_stage2")
     run(train_cmd(zoo, out, stage=2, extra=["--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin")]))
     return out
+
+
+@pytest.fixture(scope="session")
+def perceiver(zoo, tmp_path_factory):
+    """An untrained perceiver: the tiny Qwen2.5-VL ViT + a second tiny Qwen3 LM, random projector."""
+    out = tmp_path_factory.mktemp("perceiver") / "perceiver"
+    run([PY, "-m", "llava_dpa.cli", "make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model",
+         zoo["qwen3_lm_b"], "--output", str(out), "--seed", "0"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def dpa_stage1(zoo, perceiver, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpa_stage1")
+    run(train_cmd(zoo, out, stage=1, tower=str(perceiver)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def dpa_stage2(zoo, perceiver, dpa_stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpa_stage2")
+    run(train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
+        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--mm_vision_tower_lr", "2e-4"]))
+    return out

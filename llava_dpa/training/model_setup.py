@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import warnings
 
 import torch
@@ -85,7 +86,7 @@ def load_target(model_args, training_args, attn_implementation: str):
 def find_all_linear_names(model) -> list[str]:
     """LoRA targets: the LM's linears, as full module names. llava used leaf names (q_proj, gate_proj),
     which PEFT matches anywhere, so LoRA also landed in towers that reuse those names (Qwen2.5-VL's MLP,
-    a DPA perceiver's LM)."""
+    a DPA perceiver's LM blocks)."""
     names = []
     for name, module in model.named_modules():
         if any(k in name for k in ("mm_projector", "vision_tower", "vision_resampler")) or name.endswith("lm_head"):
@@ -117,8 +118,11 @@ def set_stage_trainability(model, model_args, training_args) -> None:
 def apply_lora(model, training_args):
     from peft import LoraConfig, get_peft_model
 
+    # A string is matched with re.fullmatch; a list would match by suffix, and the perceiver's LM has the
+    # same module names under a longer prefix.
+    exact = "|".join(re.escape(name) for name in find_all_linear_names(model))
     lora_config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
-                             target_modules=find_all_linear_names(model), lora_dropout=training_args.lora_dropout,
+                             target_modules=f"(?:{exact})", lora_dropout=training_args.lora_dropout,
                              bias=training_args.lora_bias, task_type="CAUSAL_LM")
     if training_args.bits == 16:
         if training_args.bf16:
