@@ -1,7 +1,9 @@
 """The scripts in scripts/train/ run as shipped, with tiny models and small overrides, so they cannot rot."""
+import json
 import os
 
 import pytest
+import torch
 
 from conftest import PY, REPO, TINY_PINPOINTS, run
 
@@ -44,3 +46,39 @@ def test_baseline_qwen3_32b_qlora(zoo, tmp_path):
     targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
     assert "model\\.layers\\.0\\.self_attn\\.q_proj" in targets and "vision_tower" not in targets
     assert json.loads((out / "config.json").read_text())["quantization_config"]["load_in_4bit"] is True
+
+
+def test_perceiver_then_dpa_recipes(zoo, tmp_path):
+    """perceiver stage 1+2 (the baseline pipeline on the small LM), then DPA stage 1+2 for both families and
+    the 32B QLoRA row, each differing from its baseline recipe only in --vision_tower."""
+    env = recipe_env(zoo, tmp_path, LLM=zoo["qwen3_lm_b"])
+    recipe("perceiver_qwen3_0_6b_stage1.sh", env)
+    recipe("perceiver_qwen3_0_6b_stage2.sh", env)
+    perceiver = tmp_path / "llava-qwen3-0.6b"
+    assert (perceiver / "model.safetensors").is_file()
+    for family, lm in (("qwen3_4b", "qwen3_lm"), ("llama3_2_3b", "llama_lm")):
+        env = recipe_env(zoo, tmp_path, LLM=zoo[lm], PERCEIVER_LR="3e-5")
+        recipe(f"dpa_{family}_stage1.sh", env)
+        recipe(f"dpa_{family}_stage2.sh", env)
+    for slug in ("qwen3-4b", "llama3.2-3b"):
+        config = json.loads((tmp_path / f"dpa-{slug}" / "config.json").read_text())
+        assert config["mm_vision_tower"] == str(perceiver) and config["mm_hidden_size"] == 64
+    env = recipe_env(zoo, tmp_path, LLM=zoo["qwen3_lm"], EXTRA_ARGS=TINY + " --lora_r 8 --lora_alpha 16")
+    recipe("dpa_qwen3_32b_stage1.sh", env)
+    recipe("dpa_qwen3_32b_qlora_stage2.sh", env)
+    saved = torch.load(tmp_path / "dpa-qwen3-32b-qlora" / "non_lora_trainables.bin", weights_only=True)
+    assert any(".perceiver.model.layers." in k for k in saved)
+
+
+def test_dpa_recipes_differ_from_baselines_only_in_the_tower():
+    scripts = REPO / "scripts" / "train"
+
+    def stage_call(text):
+        return next(line for line in text.splitlines() if line.startswith("stage"))
+
+    for family in ("qwen3_4b", "llama3_2_3b"):
+        for stage in (1, 2):
+            base = stage_call((scripts / f"baseline_{family}_stage{stage}.sh").read_text())
+            dpa = stage_call((scripts / f"dpa_{family}_stage{stage}.sh").read_text())
+            assert '"$PERCEIVER"' in dpa and '"$VIT"' in base
+            assert dpa.replace('"$PERCEIVER"', '"$VIT"').replace("/dpa-", "/llava-next-") == base

@@ -109,7 +109,7 @@ class PerceiverTower(VisionTower):
         if missing:
             raise PerceiverError(f"{self.perceiver_path} lacks perceiver weights {missing[:3]}; is it a full VLM "
                                  f"checkpoint (not a LoRA or stage-1 projector-only folder)?")
-        self.perceiver.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        W.load_into(self.perceiver, {k: v for k, v in state.items() if k in own}, strict=False)
         self.perceiver.tie_weights()
         self.vit.mark_loaded()
         self.weight_loads += 1

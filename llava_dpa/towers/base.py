@@ -83,7 +83,7 @@ class VisionTower(nn.Module, ABC):
             return
         state = W.load_state_dict(self.vision_tower_name)
         sub = W.select_submodule_state(state, self.vision_tower, self.checkpoint_prefixes, self.vision_tower_name)
-        self.vision_tower.load_state_dict(sub, strict=True)
+        W.load_into(self.vision_tower, sub, strict=True)
         self.weight_loads += 1
         self.is_loaded = True
 

@@ -100,3 +100,16 @@ def select_submodule_state(state: dict, module: torch.nn.Module, prefixes: tuple
     sample = sorted(state)[:5]
     raise KeyError(f"{source}: could not find the tower's weights under any of the prefixes {list(prefixes)}; "
                    f"the checkpoint's first keys are {sample}")
+
+
+def load_into(module: torch.nn.Module, state: dict, strict: bool = True):
+    """module.load_state_dict, also under DeepSpeed ZeRO-3, where parameters are partitioned (empty) until
+    gathered; rank 0 writes them and DeepSpeed re-partitions on exit."""
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return module.load_state_dict(state, strict=strict)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            return module.load_state_dict(state, strict=strict)
