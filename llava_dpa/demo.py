@@ -1,7 +1,8 @@
 """`make demo`: train tiny models through LLaVA's own entry points and chat with them, on a CPU.
 
 1. builds the tiny offline zoo (tokenizer, LMs, ViT, synthetic data);
-2. trains each model's stage 1 and stage 2 with `python -m llava.train.train_mem` (the unmodified
+2. trains a LLaVA-NeXT baseline, a perceiver VLM (the same pipeline on a second small LM) and the DPA
+   model whose --vision_tower is that perceiver; each model's stage 1 and stage 2 are trained with `python -m llava.train.train_mem` (the unmodified
    LLaVA entry point), showing progress;
 3. reloads each trained checkpoint and holds a two-turn chat about an image with `python -m llava.serve.cli`;
 4. prints a side-by-side table: parameters, time per stage, final loss per stage.
@@ -102,8 +103,13 @@ def count_parameters(model_path: Path) -> int:
 
 
 def recipes(zoo: dict, out: Path) -> list[Recipe]:
-    """The models the demo trains, in order. Later recipes may use earlier outputs."""
-    return [Recipe("baseline", zoo["qwen3_lm"], zoo["qwen2_5_vl_vit"])]
+    """The models the demo trains, in order. Later recipes use earlier outputs: the perceiver is the
+    baseline pipeline run on a second small LM, and DPA differs from the baseline only in --vision_tower."""
+    return [
+        Recipe("baseline", zoo["qwen3_lm"], zoo["qwen2_5_vl_vit"]),
+        Recipe("perceiver", zoo["qwen3_lm_b"], zoo["qwen2_5_vl_vit"]),
+        Recipe("dpa", zoo["qwen3_lm"], str(out / "perceiver-stage2"), stage2_extra=["--mm_vision_tower_lr", "2e-4"]),
+    ]
 
 
 def main(argv=None) -> int:
