@@ -159,6 +159,9 @@ def test_self_contained_reload_with_the_perceiver_folder_deleted(zoo, perceiver,
     original = load_file(f"{perceiver}/model.safetensors")
     changed = [k for k in original if k in state and not torch.equal(original[k], state[k])]
     assert any("vision_tower" in k for k in changed) and any("layers" in k for k in changed)
+    # and it chats through the unmodified CLI with the perceiver folder gone
+    _, turns = chat(out, f"{zoo['images']}/img_002.png", ["What color is the shape?", "What shape is it?"])
+    assert len(turns) == 2 and turns[0]["outputs"] in turns[1]["prompt"]
 
 
 @pytest.mark.parametrize("bits", [16, 4])

@@ -88,3 +88,14 @@ def test_deepspeed_on_cpu(zoo, perceiver, tmp_path, zero, tower):
     assert len(pairs) > 10
     # trained for two small steps from the pretrained tower, not from a random initialisation
     assert max((a - b).abs().max().item() for a, b in pairs) < 1e-2
+
+
+def test_eval_script_answers_a_question_file(zoo, baseline_stage2, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": f"q{i}", "image": f"img_00{i}.png",
+                                                "text": "What shape is it?"}) for i in range(2)))
+    answers = tmp_path / "a.jsonl"
+    run(["bash", str(REPO / "scripts/eval/llava_vqa.sh"), str(baseline_stage2), str(questions), zoo["images"], str(answers)],
+        env={"PYTHON": PY})
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == ["q0", "q1"] and all(r["text"] for r in rows)
