@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands that live with their feature: each module's register(subparsers)."""
-    from llava_dpa.perceiver import compose
+    from llava_dpa.data import subset
+    from llava_dpa.perceiver import compose, extract
 
-    return [compose.register]
+    return [compose.register, extract.register, subset.register]
 
 
 def main(argv=None) -> int:

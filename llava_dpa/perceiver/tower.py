@@ -95,6 +95,8 @@ class PerceiverTower(VisionTower):
         config.mm_perceiver_prefix_ids = self.prefix_ids
         config.dpa_select_layer = self.select_layer
         config.perceiver_instruction_context = self.instruction_context
+        if model_args is not None:
+            config.freeze_perceiver = bool(getattr(model_args, "freeze_perceiver", False))
 
     def embedded_config(self) -> dict:
         return {"mm_vision_tower_config": self.tower_config_dict, "mm_vision_tower_processor": self.processor_dict}

@@ -1,0 +1,78 @@
+"""The paper's ablations (Tables 2-4): each variant's defining property, with tiny models."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import llava_dpa  # noqa: F401
+from conftest import PY, run, train_cmd
+from llava_dpa.data.subset import subset_indices
+from llava_dpa.training.train import train
+
+CLI = [PY, "-m", "llava_dpa.cli"]
+
+
+def test_subset_data_is_deterministic_and_nested(zoo, tmp_path):
+    paths = {}
+    for n, seed in ((5, 1), (12, 1), (5, 1), (5, 2)):
+        out = tmp_path / f"{n}_{seed}_{len(paths)}.json"
+        run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", str(n), "--seed", str(seed), "--output", str(out)])
+        paths[(n, seed, len(paths))] = [r["id"] for r in json.loads(out.read_text())]
+    small, large, again, other = paths.values()
+    assert len(small) == 5 and len(large) == 12
+    assert small == again                      # same seed, same subset
+    assert set(small) <= set(large)            # a larger N is a superset
+    assert small != other                      # another seed, another subset
+    original = [r["id"] for r in json.loads(open(zoo["stage2_data"]).read())]
+    assert large == [i for i in original if i in set(large)]  # original order kept
+    with pytest.raises(ValueError, match="larger than the"):
+        subset_indices(3, 4, 0)
+    bad = run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", "100000", "--output", str(tmp_path / "x.json")],
+              check=False)
+    assert bad.returncode == 2 and "larger than the" in bad.stderr
+
+
+def test_random_lm_init_keeps_shapes_changes_weights_and_is_seeded(zoo, perceiver, tmp_path):
+    outs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        outs[name] = tmp_path / name
+        run(CLI + ["make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", zoo["qwen3_lm_b"],
+                   "--output", str(outs[name]), "--random-lm-init", "--seed", str(seed)])
+    pretrained = load_file(f"{perceiver}/model.safetensors")
+    a, b, c = (load_file(f"{outs[k]}/model.safetensors") for k in "abc")
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in pretrained.items()}
+    lm_keys = [k for k in a if k.startswith("model.layers.")]
+    vit_keys = [k for k in a if k.startswith("model.vision_tower.")]
+    assert lm_keys and vit_keys
+    assert all(not torch.equal(a[k], pretrained[k]) for k in lm_keys if a[k].dim() > 1)
+    assert all(torch.equal(a[k], pretrained[k]) for k in vit_keys)  # only the LM is re-initialised
+    assert all(torch.equal(a[k], b[k]) for k in a)                     # same seed, same weights
+    assert any(not torch.equal(a[k], c[k]) for k in lm_keys)
+
+
+def test_extract_vit_from_a_dpa_checkpoint_and_train_a_baseline_with_it(zoo, dpa_stage2, tmp_path):
+    out = tmp_path / "vit"
+    run(CLI + ["extract-vit", str(dpa_stage2), "--output", str(out)])
+    extracted = load_file(f"{out}/model.safetensors")
+    target = load_file(f"{dpa_stage2}/model.safetensors")
+    prefix = "model.vision_tower.perceiver.model.vision_tower.vision_tower."
+    assert extracted and all(torch.equal(v, target[prefix + k]) for k, v in extracted.items())
+    original = load_file(f"{zoo['qwen2_5_vl_vit']}/model.safetensors")
+    assert any(not torch.equal(extracted[k], original[k]) for k in extracted)  # the fine-tuned weights
+    baseline = tmp_path / "w_o_lm_blocks"
+    run(train_cmd(zoo, baseline, stage=1, tower=str(out), extra=["--max_steps", "1"]))
+    assert json.loads((baseline / "config.json").read_text())["mm_hidden_size"] == 64
+
+
+def test_frozen_perceiver_is_unchanged_by_training(zoo, perceiver, dpa_stage1, tmp_path):
+    trainer = train(argv=train_cmd(zoo, tmp_path / "frozen", stage=2, tower=str(perceiver), extra=[
+        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "3", "--freeze_perceiver", "True",
+        "--learning_rate", "1e-2"])[3:])
+    original = load_file(f"{perceiver}/model.safetensors")
+    after = trainer.model.get_vision_tower().perceiver.state_dict()
+    assert all(torch.equal(original[k], after[k]) for k in original if k in after)
+    saved = load_file(f"{tmp_path / 'frozen'}/model.safetensors")
+    assert all(torch.equal(original[k], saved["model.vision_tower.perceiver." + k]) for k in original
+               if "model.vision_tower.perceiver." + k in saved)
+    assert json.loads((tmp_path / "frozen" / "config.json").read_text())["freeze_perceiver"] is True
