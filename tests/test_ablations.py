@@ -76,3 +76,62 @@ def test_frozen_perceiver_is_unchanged_by_training(zoo, perceiver, dpa_stage1, t
     assert all(torch.equal(original[k], saved["model.vision_tower.perceiver." + k]) for k in original
                if "model.vision_tower.perceiver." + k in saved)
     assert json.loads((tmp_path / "frozen" / "config.json").read_text())["freeze_perceiver"] is True
+
+
+def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
+    from PIL import Image
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    seen = []
+    handle = model.get_vision_tower().register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    image = process_images([Image.open(f"{zoo['images']}/img_001.png").convert("RGB")], processor, model.config)
+    for question in questions:
+        conv = conv_templates["qwen_3"].copy()
+        conv.append_message("user", "<image>\n" + question)
+        conv.append_message("assistant", None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+        with torch.no_grad():
+            model(input_ids=ids, images=image, image_sizes=[(32, 32)])
+    handle.remove()
+    return seen
+
+
+def test_instruction_context_makes_features_depend_on_the_question(zoo, perceiver, dpa_stage1, tmp_path):
+    import shutil
+
+    from llava.model.builder import load_pretrained_model
+    from test_entry_points import chat
+
+    moved = tmp_path / "perceiver"
+    shutil.copytree(perceiver, moved)
+    out = tmp_path / "ctx"
+    trainer = train(argv=train_cmd(zoo, out, stage=2, tower=str(moved), extra=[
+        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "2",
+        "--perceiver_instruction_context", "True", "--image_aspect_ratio", "anyres",
+        "--image_grid_pinpoints", "[(32, 64), (64, 32), (64, 64)]", "--mm_patch_merge_type", "spatial_unpad"])[3:])
+    tower = trainer.model.get_vision_tower()
+    # the perceiver re-encodes the question text with its own tokenizer, before the image
+    tower.set_contexts(*[probe[None] for probe in [trainer.train_dataset[0]["input_ids"]]], None,
+                       [trainer.train_dataset[0]["images"][0]], trainer.model.config)
+    first_tile = tower.perceiver_tokenizer.decode(tower._context_ids[0])
+    tower.clear_contexts()
+    assert first_tile == "<|im_start|>user\nWhat color is the shape?\n"
+
+    shutil.rmtree(moved)  # the checkpoint carries the perceiver's tokenizer as well
+    config = json.loads((out / "config.json").read_text())
+    assert config["perceiver_instruction_context"] is True and (out / "perceiver_tokenizer").is_dir()
+    tok, model, processor, _ = load_pretrained_model(str(out), None, "x", device="cpu")
+    a, b, a2 = tower_outputs_for_questions(model, tok, processor, zoo, ["What color is the shape?", "What shape is it?",
+                                                                        "What color is the shape?"])
+    assert not torch.allclose(a, b) and torch.equal(a, a2)
+    _, turns = chat(out, f"{zoo['images']}/img_000.png", ["What color is the shape?", "What shape is it?"])
+    assert len(turns) == 2
+
+
+def test_without_instruction_context_features_ignore_the_question(zoo, dpa_stage2):
+    from llava.model.builder import load_pretrained_model
+
+    tok, model, processor, _ = load_pretrained_model(str(dpa_stage2), None, "x", device="cpu")
+    a, b = tower_outputs_for_questions(model, tok, processor, zoo, ["What color is the shape?", "What shape is it?"])
+    assert torch.equal(a, b)

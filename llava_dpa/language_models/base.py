@@ -17,6 +17,20 @@ class LlavaCausalLMMixin:
     def get_model(self):
         return self.model
 
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                             images, image_sizes=None):
+        tower = self.get_vision_tower()
+        uses_context = (images is not None and input_ids is not None and input_ids.shape[1] != 1
+                        and getattr(tower, "instruction_context", False))
+        if uses_context:
+            tower.set_contexts(input_ids, attention_mask, images, self.config)
+        try:
+            return super().prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
+                                                                past_key_values, labels, images, image_sizes)
+        finally:
+            if uses_context:
+                tower.clear_contexts()
+
     def forward(self, input_ids: torch.LongTensor = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.LongTensor] = None, past_key_values=None,
                 inputs_embeds: Optional[torch.FloatTensor] = None, labels: Optional[torch.LongTensor] = None,

@@ -138,14 +138,72 @@ class PerceiverTower(VisionTower):
         inner = self.perceiver.get_model()
         visual = inner.mm_projector(self.vit(pixel_values))
         n, tokens, _ = visual.shape
-        prefix = inner.embed_tokens(self.prefix.to(visual.device)).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
-        inputs = torch.cat([prefix, visual], dim=1)
-        start = prefix.shape[1]
-        if self.select_layer is None:
-            hidden = inner(inputs_embeds=inputs, use_cache=False).last_hidden_state
+        contexts = self._context_ids
+        if contexts is None:  # instruction-agnostic: the same prefix for every tile
+            prefix = inner.embed_tokens(self.prefix.to(visual.device)).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
+            inputs, mask, positions, start = torch.cat([prefix, visual], dim=1), None, None, prefix.shape[1]
         else:
-            hidden = inner(inputs_embeds=inputs, use_cache=False, output_hidden_states=True).hidden_states[self.select_layer]
+            if len(contexts) != n:
+                raise PerceiverError(f"{len(contexts)} instruction contexts for {n} image tiles")
+            inputs, mask, positions, start = self._left_padded(inner, contexts, visual)
+        out = inner(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
+                    output_hidden_states=self.select_layer is not None)
+        hidden = out.last_hidden_state if self.select_layer is None else out.hidden_states[self.select_layer]
         return hidden[:, start:start + tokens]
+
+    def _left_padded(self, inner, contexts, visual):
+        """Text of different lengths before the image: left-pad so every image starts at the same column."""
+        n, tokens, _ = visual.shape
+        width = max(len(c) for c in contexts)
+        ids = torch.zeros((n, width), dtype=torch.long, device=visual.device)
+        mask = torch.ones((n, width + tokens), dtype=torch.long, device=visual.device)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
+            mask[i, :width - len(c)] = 0
+        inputs = torch.cat([inner.embed_tokens(ids).to(visual.dtype), visual], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return inputs, mask, positions, width
+
+    # ---- instruction context (early fusion) ------------------------------------------------------------
+    _context_ids = None
+    target_tokenizer = None
+    perceiver_tokenizer = None
+
+    def attach_tokenizers(self, target_tokenizer, perceiver_tokenizer_source: str | None = None) -> None:
+        """The target's tokenizer decodes the instruction; the perceiver's re-encodes it."""
+        self.target_tokenizer = target_tokenizer
+        if self.instruction_context and self.perceiver_tokenizer is None:
+            from transformers import AutoTokenizer
+
+            candidates = [c for c in (perceiver_tokenizer_source, self.perceiver_path) if c]
+            source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
+            if source is None:
+                raise PerceiverError(f"--perceiver_instruction_context needs the perceiver's tokenizer; none in {candidates}")
+            self.perceiver_tokenizer = AutoTokenizer.from_pretrained(source)
+
+    def save_perceiver_tokenizer(self, output_dir: str) -> None:
+        if self.instruction_context and self.perceiver_tokenizer is not None:
+            self.perceiver_tokenizer.save_pretrained(os.path.join(output_dir, "perceiver_tokenizer"))
+
+    def set_contexts(self, input_ids, attention_mask, images, config) -> None:
+        from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
+
+        if self.target_tokenizer is None or self.perceiver_tokenizer is None:
+            raise PerceiverError("instruction context needs the target's and the perceiver's tokenizers; the LLaVA "
+                                 "loader and trainer attach them (tower.attach_tokenizers)")
+        texts = image_turn_texts(input_ids, attention_mask, self.target_tokenizer,
+                                 turn_end_ids(self.target_tokenizer, config))
+        counts = tiles_per_image(images)
+        if len(texts) != len(counts):
+            raise PerceiverError(f"{len(texts)} <image> placeholders for {len(counts)} images")
+        ids = []
+        for text, count in zip(texts, counts):
+            extra = self.perceiver_tokenizer(text + "\n", add_special_tokens=False).input_ids if text else []
+            ids.extend([self.prefix_ids + extra] * count)
+        self._context_ids = ids
+
+    def clear_contexts(self) -> None:
+        self._context_ids = None
 
     # ---- the interface -------------------------------------------------------------------------------
     @property

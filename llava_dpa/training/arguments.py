@@ -10,6 +10,8 @@ from llava.train import train as llava_train
 
 @dataclass
 class ModelArguments(llava_train.ModelArguments):
+    mm_projector_width: Optional[int] = field(default=None, metadata={"help": "Hidden width of a large_mlp projector."})
+    mm_projector_depth: Optional[int] = field(default=None, metadata={"help": "Linear layers of a large_mlp projector."})
     unfreeze_mm_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower in this stage."})
     # DPA perceiver options (used when --vision_tower is a VLM checkpoint).
     freeze_perceiver: bool = field(default=False, metadata={"help": "Keep the whole perceiver frozen (ablation)."})

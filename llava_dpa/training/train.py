@@ -35,6 +35,9 @@ def select_conversation(version: str):
 
 def setup_vision(model, model_args, data_args, training_args, tokenizer) -> None:
     inner = model.get_model()
+    # read by the projector builder during initialize_vision_modules
+    model.config.mm_projector_width = model_args.mm_projector_width
+    model.config.mm_projector_depth = model_args.mm_projector_depth
     inner.initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     tower = model.get_vision_tower()
     compute_dtype = compute_dtype_of(training_args)
@@ -43,6 +46,8 @@ def setup_vision(model, model_args, data_args, training_args, tokenizer) -> None
         setattr(model.config, key, value)
     if hasattr(tower, "record_in_config"):
         tower.record_in_config(model.config, model_args)
+    if hasattr(tower, "attach_tokenizers"):
+        tower.attach_tokenizers(tokenizer)
 
     data_args.image_processor = tower.image_processor
     data_args.is_multimodal = True
@@ -73,6 +78,10 @@ def save_final(trainer, model, tokenizer, training_args) -> None:
     trainer.save_state()
     model.config.use_cache = True
     out = training_args.output_dir
+    tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
+    if training_args.should_save and hasattr(tower, "save_perceiver_tokenizer"):
+        with saving.StagedOutput(out) as staging:
+            tower.save_perceiver_tokenizer(staging)
     if training_args.lora_enable:
         lora = saving.lora_state(model, training_args.lora_bias)
         non_lora = saving.non_lora_trainables(model)

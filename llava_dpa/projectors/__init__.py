@@ -1,0 +1,1 @@
+"""Alignment projectors beyond LLaVA's own (linear, mlpNx_gelu, identity)."""
