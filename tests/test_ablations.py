@@ -135,3 +135,44 @@ def test_without_instruction_context_features_ignore_the_question(zoo, dpa_stage
     tok, model, processor, _ = load_pretrained_model(str(dpa_stage2), None, "x", device="cpu")
     a, b = tower_outputs_for_questions(model, tok, processor, zoo, ["What color is the shape?", "What shape is it?"])
     assert torch.equal(a, b)
+
+
+def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llava_dpa.zoo.models import tiny_qwen3
+    from test_round_trips import probe_batch
+
+    # a perceiver LM with an untied head, so a gradient on the head can only come from the auxiliary loss
+    lm = tmp_path / "untied_lm"
+    tiny_qwen3(AutoTokenizer.from_pretrained(zoo["qwen3_lm"]), lm, seed=3)
+    config = json.loads((lm / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (lm / "config.json").write_text(json.dumps(config))
+    perceiver = tmp_path / "perceiver"
+    run(CLI + ["make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", str(lm), "--output", str(perceiver)])
+
+    runs = {}
+    for weight in ("0.5", "0"):
+        runs[weight] = train(argv=train_cmd(zoo, tmp_path / f"aux{weight}", stage=2, tower=str(perceiver), extra=[
+            "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "2",
+            "--perceiver_aux_loss_weight", weight])[3:])
+    history = [h for h in runs["0.5"].state.log_history if "loss" in h and "target_loss" in h]
+    assert len(history) == 2
+    for h in history:
+        assert abs(h["loss"] - (h["target_loss"] + 0.5 * h["perceiver_aux_loss"])) < 2e-3
+    assert not any("perceiver_aux_loss" in h for h in runs["0"].state.log_history)
+
+    for weight, expect_grad in (("0.5", True), ("0", False)):
+        trainer = runs[weight]
+        batch = probe_batch(trainer)
+        assert ("perceiver_input_ids" in batch) is expect_grad
+        trainer.model.zero_grad()
+        trainer.model(**batch).loss.backward()
+        head = trainer.model.get_vision_tower().perceiver.lm_head.weight
+        assert bool(head.grad is not None and head.grad.abs().sum() > 0) is expect_grad
+
+    # the default stages are "2": a stage-1 run carries no auxiliary loss
+    stage1 = train(argv=train_cmd(zoo, tmp_path / "s1", stage=1, tower=str(perceiver), extra=[
+        "--max_steps", "1", "--perceiver_aux_loss_weight", "0.5"])[3:])
+    assert "perceiver_input_ids" not in probe_batch(stage1)

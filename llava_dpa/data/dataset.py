@@ -179,6 +179,9 @@ class LazySupervisedDataset(Dataset):
                               f"{len(files)}) exceeds --model_max_length {max_len}; raise it or drop the sample")
 
         out = dict(input_ids=input_ids, labels=labels)
+        aux = getattr(self.data_args, "perceiver_aux", None)
+        if aux is not None:  # the same conversation in the perceiver's own tokenization, for its LM loss
+            out["perceiver_input_ids"], out["perceiver_labels"] = aux.tokenize(conversations, has_image=bool(files), name=name)
         if processor is not None and getattr(self.data_args, "is_multimodal", False):
             if not images:
                 side = processor.crop_size["height"]
@@ -187,24 +190,35 @@ class LazySupervisedDataset(Dataset):
         return out
 
 
+def pad_rows(input_ids, labels, pad_id):
+    """Right-pad to the longest row. The mask comes from lengths, not from `ids != pad`: the pad id may be a
+    real token elsewhere."""
+    width = max(len(x) for x in input_ids)
+    batch_ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    batch_labels = torch.full((len(input_ids), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.bool)
+    for row, (ids, lab) in enumerate(zip(input_ids, labels)):
+        batch_ids[row, :len(ids)] = ids
+        batch_labels[row, :len(lab)] = lab
+        mask[row, :len(ids)] = True
+    return batch_ids, batch_labels, mask
+
+
 @dataclass
 class DataCollatorForSupervisedDataset:
     tokenizer: object
+    perceiver_pad_id: int = 0
 
     def __call__(self, instances):
         max_len = self.tokenizer.model_max_length
-        input_ids = [x["input_ids"][:max_len] for x in instances]
-        labels = [x["labels"][:max_len] for x in instances]
-        width = max(len(x) for x in input_ids)
-        batch_ids = torch.full((len(instances), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        batch_labels = torch.full((len(instances), width), IGNORE_INDEX, dtype=torch.long)
-        # The mask comes from lengths, not from `ids != pad`: the pad id may be a real token elsewhere.
-        mask = torch.zeros((len(instances), width), dtype=torch.bool)
-        for row, (ids, lab) in enumerate(zip(input_ids, labels)):
-            batch_ids[row, :len(ids)] = ids
-            batch_labels[row, :len(lab)] = lab
-            mask[row, :len(ids)] = True
+        batch_ids, batch_labels, mask = pad_rows([x["input_ids"][:max_len] for x in instances],
+                                                 [x["labels"][:max_len] for x in instances], self.tokenizer.pad_token_id)
         batch = dict(input_ids=batch_ids, labels=batch_labels, attention_mask=mask)
+        if "perceiver_input_ids" in instances[0]:
+            pad = getattr(self, "perceiver_pad_id", 0)
+            p_ids, p_labels, p_mask = pad_rows([x["perceiver_input_ids"] for x in instances],
+                                               [x["perceiver_labels"] for x in instances], pad)
+            batch.update(perceiver_input_ids=p_ids, perceiver_labels=p_labels, perceiver_attention_mask=p_mask)
         if "images" in instances[0]:
             images = [img for x in instances for img in x["images"]]
             sizes = [s for x in instances for s in x["image_sizes"]]
@@ -215,4 +229,6 @@ class DataCollatorForSupervisedDataset:
 
 def make_supervised_data_module(tokenizer, data_args) -> dict:
     dataset = LazySupervisedDataset(tokenizer=tokenizer, data_path=data_args.data_path, data_args=data_args)
-    return dict(train_dataset=dataset, eval_dataset=None, data_collator=DataCollatorForSupervisedDataset(tokenizer))
+    aux = getattr(data_args, "perceiver_aux", None)
+    collator = DataCollatorForSupervisedDataset(tokenizer, perceiver_pad_id=aux.pad_id if aux else 0)
+    return dict(train_dataset=dataset, eval_dataset=None, data_collator=collator)

@@ -36,16 +36,32 @@ class LlavaCausalLMMixin:
                 inputs_embeds: Optional[torch.FloatTensor] = None, labels: Optional[torch.LongTensor] = None,
                 use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
                 output_hidden_states: Optional[bool] = None, images=None, image_sizes=None,
-                return_dict: Optional[bool] = None, cache_position=None, **kwargs):
+                return_dict: Optional[bool] = None, cache_position=None, perceiver_input_ids=None,
+                perceiver_labels=None, perceiver_attention_mask=None, **kwargs):
+        original_images = images
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(
                 input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                               use_cache=use_cache, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states, return_dict=return_dict,
-                               cache_position=cache_position, **kwargs)
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                              use_cache=use_cache, output_attentions=output_attentions,
+                              output_hidden_states=output_hidden_states, return_dict=return_dict,
+                              cache_position=cache_position, **kwargs)
+        if perceiver_labels is not None and out.loss is not None:
+            out = self._add_perceiver_aux_loss(out, perceiver_input_ids, perceiver_attention_mask, perceiver_labels,
+                                               original_images, image_sizes)
+        return out
+
+    def _add_perceiver_aux_loss(self, out, input_ids, attention_mask, labels, images, image_sizes):
+        """loss = target loss + λ * the perceiver's own LM loss on the same conversation (see perceiver.aux_loss)."""
+        tower = self.get_vision_tower()
+        aux = tower.perceiver(input_ids=input_ids, attention_mask=attention_mask, labels=labels, images=images,
+                              image_sizes=image_sizes, use_cache=False).loss
+        out.target_loss = out.loss.detach()
+        out.perceiver_aux_loss = aux.detach()
+        out.loss = out.loss + tower.aux_loss_weight * aux
+        return out
 
     @torch.no_grad()
     def generate(self, inputs: Optional[torch.Tensor] = None, images=None, image_sizes=None, **kwargs):

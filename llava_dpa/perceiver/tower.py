@@ -39,6 +39,7 @@ class PerceiverTower(VisionTower):
         self.weight_loads = 0
         self.select_layer = getattr(args, "dpa_select_layer", None)
         self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
+        self.aux_loss_weight = 0.0  # set by the trainer for the stages that use the auxiliary loss
 
         embedded = getattr(args, "mm_vision_tower_config", None)
         self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(self.perceiver_path)
@@ -172,13 +173,14 @@ class PerceiverTower(VisionTower):
     def attach_tokenizers(self, target_tokenizer, perceiver_tokenizer_source: str | None = None) -> None:
         """The target's tokenizer decodes the instruction; the perceiver's re-encodes it."""
         self.target_tokenizer = target_tokenizer
-        if self.instruction_context and self.perceiver_tokenizer is None:
+        if (self.instruction_context or self.aux_loss_weight) and self.perceiver_tokenizer is None:
             from transformers import AutoTokenizer
 
             candidates = [c for c in (perceiver_tokenizer_source, self.perceiver_path) if c]
             source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
             if source is None:
-                raise PerceiverError(f"--perceiver_instruction_context needs the perceiver's tokenizer; none in {candidates}")
+                raise PerceiverError(f"the instruction context and the auxiliary loss need the perceiver's tokenizer; "
+                                     f"none in {candidates}")
             self.perceiver_tokenizer = AutoTokenizer.from_pretrained(source)
 
     def save_perceiver_tokenizer(self, output_dir: str) -> None:

@@ -108,7 +108,8 @@ def set_stage_trainability(model, model_args, training_args) -> None:
     if training_args.freeze_mm_mlp_adapter:
         inner.mm_projector.requires_grad_(False)
     tower.requires_grad_(False)
-    if not model_args.tune_mm_mlp_adapter:
+    # A stage-1 auxiliary perceiver loss trains the perceiver too; otherwise it would reach no trainable weight.
+    if not model_args.tune_mm_mlp_adapter or getattr(tower, "aux_loss_weight", 0.0):
         tower.set_trainable(model_args) if hasattr(tower, "set_trainable") else (
             tower.requires_grad_(bool(model_args.unfreeze_mm_vision_tower)))
     if hasattr(inner, "image_newline") and not model_args.tune_mm_mlp_adapter:

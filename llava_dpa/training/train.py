@@ -47,7 +47,14 @@ def setup_vision(model, model_args, data_args, training_args, tokenizer) -> None
     if hasattr(tower, "record_in_config"):
         tower.record_in_config(model.config, model_args)
     if hasattr(tower, "attach_tokenizers"):
+        from llava_dpa.perceiver.aux_loss import active_in_stage, aux_data_for
+
+        if active_in_stage(model_args):
+            tower.aux_loss_weight = float(model_args.perceiver_aux_loss_weight)
         tower.attach_tokenizers(tokenizer)
+        data_args.perceiver_aux = aux_data_for(tower, model_args)
+    elif getattr(model_args, "perceiver_aux_loss_weight", 0.0):
+        raise ValueError("--perceiver_aux_loss_weight needs a DPA perceiver as --vision_tower")
 
     data_args.image_processor = tower.image_processor
     data_args.is_multimodal = True

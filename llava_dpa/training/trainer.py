@@ -23,10 +23,23 @@ STAGING_PREFIX = "tmp-" + PREFIX_CHECKPOINT_DIR
 
 
 class DPATrainer(LLaVATrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if getattr(outputs, "perceiver_aux_loss", None) is not None and model.training:
+            parts = self.__dict__.setdefault("_loss_parts", {"target_loss": [], "perceiver_aux_loss": []})
+            parts["target_loss"].append(outputs.target_loss.item())
+            parts["perceiver_aux_loss"].append(outputs.perceiver_aux_loss.item())
+        return (loss, outputs) if return_outputs else loss
+
     def log(self, logs, *args, **kwargs):
         # Every log line (and trainer_state.json) counts the bad samples skipped so far.
         if hasattr(self.train_dataset, "skipped"):
             logs["skipped_samples"] = self.train_dataset.skipped
+        # With the auxiliary perceiver loss, its parts since the last log (the logged loss is their total).
+        parts = self.__dict__.pop("_loss_parts", None)
+        if parts and "loss" in logs:
+            for key, values in parts.items():
+                logs[key] = round(sum(values) / len(values), 6)
         return super().log(logs, *args, **kwargs)
 
     def create_optimizer(self):
