@@ -176,3 +176,54 @@ def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tm
     stage1 = train(argv=train_cmd(zoo, tmp_path / "s1", stage=1, tower=str(perceiver), extra=[
         "--max_steps", "1", "--perceiver_aux_loss_weight", "0.5"])[3:])
     assert "perceiver_input_ids" not in probe_batch(stage1)
+
+
+def test_large_mlp_matches_a_budget_and_trains_with_a_plain_vit(zoo, tmp_path):
+    from llava_dpa.projectors.large_mlp import mlp_parameters, plan
+
+    qwen3_0_6b = 596_049_920
+    for depth in (2, 3, 4, 6):  # Qwen2.5-VL-3B ViT width (2048) into Qwen3-4B (2560)
+        result = plan(2048, 2560, qwen3_0_6b, depth=depth)
+        assert abs(result["relative_error"]) < 0.01 and result["depth"] == depth
+        assert result["parameters"] == mlp_parameters(2048, 2560, result["width"], depth)
+    # with the width fixed, depth moves in steps of width^2; when no depth fits, the tool says so
+    refused = run(CLI + ["projector-budget", "--in", "2048", "--out", "2560", "--budget", str(qwen3_0_6b),
+                         "--width", "12800"], check=False)
+    assert refused.returncode == 2 and "within 1%" in refused.stderr
+    out = tmp_path / "large_mlp"
+    budget = run(CLI + ["projector-budget", "--in", "64", "--out", "64", "--budget", "100000", "--depth", "3"])
+    flags = budget.stdout.split("flags: ")[1].split()
+    run(train_cmd(zoo, out, stage=2, extra=flags + ["--max_steps", "1"]))
+    from llava.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(str(out), None, "x", device="cpu")
+    params = sum(p.numel() for p in model.get_model().mm_projector.parameters())
+    assert abs(params - 100000) / 100000 < 0.01 and model.config.mm_projector_type == "large_mlp"
+
+
+def test_nonsensical_combinations_are_refused(zoo, perceiver, tmp_path):
+    cases = [
+        (train_cmd(zoo, tmp_path / "a", stage=1, extra=["--freeze_perceiver", "True"]), "only apply to a DPA perceiver"),
+        (train_cmd(zoo, tmp_path / "b", stage=2, extra=["--perceiver_instruction_context", "True"]), "only apply to a DPA perceiver"),
+        (train_cmd(zoo, tmp_path / "c", stage=2, tower=str(perceiver), version="llava_v1",
+                   extra=["--perceiver_instruction_context", "True"]), "reads the user turn of a chat template"),
+        (train_cmd(zoo, tmp_path / "d", stage=1, tower=str(perceiver), extra=["--mm_projector_type", "large_mlp",
+                                                                              "--mm_projector_width", "64",
+                                                                              "--mm_projector_depth", "3"]),
+         "plain-ViT ablation"),
+        (train_cmd(zoo, tmp_path / "e", stage=1, extra=["--mm_projector_type", "large_mlp"]), "needs --mm_projector_width"),
+    ]
+    for cmd, message in cases:
+        proc = run(cmd, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (message, proc.stderr[-2000:])
+
+
+def test_stage1_instruction_context_never_shows_the_caption(zoo, perceiver, tmp_path):
+    from test_round_trips import probe_batch
+
+    trainer = train(argv=train_cmd(zoo, tmp_path / "s1", stage=1, tower=str(perceiver), extra=[
+        "--max_steps", "1", "--perceiver_instruction_context", "True"])[3:])
+    tower = trainer.model.get_vision_tower()
+    batch = probe_batch(trainer)
+    tower.set_contexts(batch["input_ids"], batch["attention_mask"], batch["images"], trainer.model.config)
+    assert tower._context_ids is None  # the perceiver reads only its prefix and the image

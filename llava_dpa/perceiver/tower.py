@@ -190,6 +190,8 @@ class PerceiverTower(VisionTower):
     def set_contexts(self, input_ids, attention_mask, images, config) -> None:
         from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
 
+        if getattr(config, "conv_version", None) == "plain":
+            return  # stage 1: the text next to the image is the caption, i.e. the target; never show it
         if self.target_tokenizer is None or self.perceiver_tokenizer is None:
             raise PerceiverError("instruction context needs the target's and the perceiver's tokenizers; the LLaVA "
                                  "loader and trainer attach them (tower.attach_tokenizers)")

@@ -33,6 +33,27 @@ def select_conversation(version: str):
     conversation_lib.default_conversation = conversation_lib.conv_templates[version]
 
 
+PERCEIVER_FLAGS = {"freeze_perceiver": False, "dpa_select_layer": None, "perceiver_instruction_context": False,
+                   "perceiver_aux_loss_weight": 0.0}
+
+
+def check_variant_flags(model_args, tower) -> None:
+    """Refuse combinations that make no sense, instead of silently ignoring a flag."""
+    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
+
+    if not hasattr(tower, "perceiver"):
+        used = [f"--{k}" for k, off in PERCEIVER_FLAGS.items() if getattr(model_args, k, off) not in (off, 0)]
+        if used:
+            raise ValueError(f"{', '.join(used)} only apply to a DPA perceiver tower; --vision_tower "
+                             f"{model_args.vision_tower} is a plain ViT")
+    if getattr(model_args, "perceiver_instruction_context", False) and \
+            model_args.version not in CHAT_TEMPLATE_VERSIONS + ("plain",):
+        raise ValueError(f"--perceiver_instruction_context reads the user turn of a chat template; use --version "
+                         f"{' or '.join(CHAT_TEMPLATE_VERSIONS)} (got {model_args.version!r})")
+    if model_args.mm_projector_type == "large_mlp" and hasattr(tower, "perceiver"):
+        raise ValueError("--mm_projector_type large_mlp is the plain-ViT ablation; use it with a ViT --vision_tower")
+
+
 def setup_vision(model, model_args, data_args, training_args, tokenizer) -> None:
     inner = model.get_model()
     # read by the projector builder during initialize_vision_modules
@@ -40,6 +61,7 @@ def setup_vision(model, model_args, data_args, training_args, tokenizer) -> None
     model.config.mm_projector_depth = model_args.mm_projector_depth
     inner.initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
     tower = model.get_vision_tower()
+    check_variant_flags(model_args, tower)
     compute_dtype = compute_dtype_of(training_args)
     tower.to(dtype=compute_dtype, device=training_args.device)
     for key, value in tower.embedded_config().items():
