@@ -82,3 +82,49 @@ def test_dpa_recipes_differ_from_baselines_only_in_the_tower():
             dpa = stage_call((scripts / f"dpa_{family}_stage{stage}.sh").read_text())
             assert '"$PERCEIVER"' in dpa and '"$VIT"' in base
             assert dpa.replace('"$PERCEIVER"', '"$VIT"').replace("/dpa-", "/llava-next-") == base
+
+
+ROW_SCRIPTS = sorted((REPO / "scripts" / "train").glob("table[34]_*.sh"))
+
+
+def row_call(path):
+    return next(line for line in path.read_text().splitlines() if line.startswith("row "))
+
+
+def test_each_table4_variant_differs_from_dpa_only_in_its_flags():
+    dpa = row_call(REPO / "scripts/train/table4_dpa.sh").split()
+    assert dpa[:4] == ["row", '"$PERCEIVER"', '"${OUTPUT:=$CHECKPOINTS/table4-dpa}"', "qwen_3"] and len(dpa) == 4
+    for path in ROW_SCRIPTS:
+        call = row_call(path).split()
+        assert call[0] == "row" and call[3] == "qwen_3", path.name
+        variant_flags = call[4:]
+        if path.name in ("table4_instruction_context.sh", "table4_perceiver_frozen.sh", "table4_untrained_multitask.sh"):
+            assert variant_flags and all(f.startswith(("--", '"$', "True", "2")) for f in variant_flags)
+    assert len(ROW_SCRIPTS) == 14  # Table 3 (5 rows) + Table 4 (9 rows)
+
+
+def test_ladder_and_runner_with_tiny_models(zoo, tmp_path):
+    """The perceiver ladder builds its perceivers (untrained, stage-1 only, stage 2 on nested subsets), then
+    the runner trains and evaluates rows of both tables on them. (Each variant's defining property is
+    tested in-process in test_ablations.py; this runs the shipped scripts end to end.)"""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 0, "image": "img_000.png", "text": "What color is the shape?"}))
+    env = recipe_env(zoo, tmp_path, PERCEIVER_LM=zoo["qwen3_lm_b"], LLM=zoo["qwen3_lm"], LADDER_SIZES="10k:6 1m:14",
+                     VIT_WIDTH="64", LLM_WIDTH="64", LARGE_MLP_DEPTH="3", LARGE_MLP_BUDGET="100000",
+                     EVAL_QUESTIONS=str(questions), EVAL_IMAGES=zoo["images"])
+    recipe("perceiver_ladder.sh", dict(env, SKIP_DPA="1"))
+    small, large = ([r["id"] for r in json.loads((tmp_path / "data" / f"stage2-{n}.json").read_text())] for n in ("10k", "1m"))
+    assert set(small) <= set(large) and (len(small), len(large)) == (6, 14)
+    for perceiver in ("perceiver-untrained", "perceiver-stage1-only", "llava-qwen3-0.6b-10k", "llava-qwen3-0.6b-1m"):
+        assert (tmp_path / perceiver / "model.safetensors").is_file(), perceiver
+    rows = ["table3_stage2_10k", "table4_instruction_context", "table4_wo_perceiver_lm_blocks", "table4_large_mlp"]
+    run(["bash", str(REPO / "scripts/train/run_ablations.sh"), *rows], env=env)
+    configs = {row: json.loads((tmp_path / row / "config.json").read_text()) for row in rows}
+    for row in rows:
+        assert len((tmp_path / "eval" / f"{row}.jsonl").read_text().splitlines()) == 1, row
+    assert configs["table3_stage2_10k"]["mm_vision_tower"] == str(tmp_path / "llava-qwen3-0.6b-10k")
+    assert configs["table4_instruction_context"]["perceiver_instruction_context"] is True
+    assert "mm_perceiver_prefix_ids" not in configs["table4_wo_perceiver_lm_blocks"]  # a plain ViT tower
+    assert configs["table4_large_mlp"]["mm_projector_type"] == "large_mlp"
+    bad = run(["bash", str(REPO / "scripts/train/run_ablations.sh"), "table9_nothing"], env=env, check=False)
+    assert bad.returncode == 2 and "unknown row table9_nothing" in bad.stderr

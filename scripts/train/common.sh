@@ -101,3 +101,17 @@ stage2_qlora() {  # same arguments as stage2
     --save_strategy steps --save_steps 500 --save_total_limit 2 --logging_steps 10 --report_to none \
     $PRECISION_ARGS "${EXTRA[@]}"
 }
+
+# Both stages of one row of Tables 3/4 on the target $LLM: $1 vision tower, $2 output dir, $3 template,
+# then the flags that define the variant (applied to both stages).
+row() {
+  local tower=$1 out=$2 conv=$3
+  shift 3
+  local saved=("${EXTRA[@]}")
+  EXTRA=("$@" "${saved[@]}")
+  stage1 "$LLM" "$tower" "$out-stage1"
+  stage2 "$LLM" "$tower" "$out-stage1" "$out" "$conv"
+  EXTRA=("${saved[@]}")
+}
+
+llava_dpa_cli() { "$PYTHON" -m llava_dpa.cli "$@"; }
