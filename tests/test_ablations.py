@@ -228,3 +228,25 @@ def test_stage1_instruction_context_never_shows_the_caption(zoo, perceiver, tmp_
     batch = probe_batch(trainer)
     tower.set_contexts(batch["input_ids"], batch["attention_mask"], batch["images"], trainer.model.config)
     assert tower._context_ids is None  # the perceiver reads only its prefix and the image
+
+
+def test_variants_combine_with_qlora_anyres_reload_and_chat(zoo, perceiver, dpa_stage1, tmp_path):
+    """QLoRA target + anyres tiles + instruction context + auxiliary perceiver loss in one run; the LoRA
+    checkpoint reloads with model_base and chats through the CLI."""
+    from llava.model.builder import load_pretrained_model
+    from test_entry_points import chat
+
+    out = tmp_path / "combo"
+    trainer = train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
+        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "2",
+        "--lora_enable", "True", "--bits", "4", "--lora_r", "8", "--lora_alpha", "16",
+        "--image_aspect_ratio", "anyres", "--image_grid_pinpoints", "[(32, 64), (64, 32), (64, 64)]",
+        "--mm_patch_merge_type", "spatial_unpad", "--perceiver_instruction_context", "True",
+        "--perceiver_aux_loss_weight", "0.5"])[3:])
+    assert any("perceiver_aux_loss" in h for h in trainer.state.log_history)
+    assert (out / "perceiver_tokenizer" / "tokenizer_config.json").is_file()
+    _, merged, _, _ = load_pretrained_model(str(out), zoo["qwen3_lm"], "x", device="cpu")
+    assert merged.config.perceiver_instruction_context is True
+    _, turns = chat(out, f"{zoo['images']}/img_003.png", ["What color is the shape?", "What shape is it?"],
+                    extra=["--model-base", zoo["qwen3_lm"]])
+    assert len(turns) == 2

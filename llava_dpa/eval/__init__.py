@@ -1,0 +1,1 @@
+"""Evaluation: turning benchmark scores into the paper's tables."""
