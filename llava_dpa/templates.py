@@ -26,65 +26,59 @@ def _text(message) -> str:
     return message[0] if isinstance(message, tuple) else message
 
 
+class _Rendering:
+    """Accumulates rendered text and the character spans that are assistant targets."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.spans: list[tuple[int, int]] = []
+        self.pos = 0
+
+    def emit(self, text: str, target: bool = False) -> None:
+        if target:
+            self.spans.append((self.pos, self.pos + len(text)))
+        self.parts.append(text)
+        self.pos += len(text)
+
+    def result(self) -> tuple[str, list[tuple[int, int]]]:
+        return "".join(self.parts), self.spans
+
+
 def render_qwen3(system: str, turns: list[tuple[str, str | None]]) -> tuple[str, list[tuple[int, int]]]:
     """Render like Qwen3's chat template with enable_thinking=False.
 
     turns: (role, content) with role 'user' or 'assistant'; a trailing assistant None is the generation
     prompt. Returns the text and the [start, end) spans that are assistant targets (reply + <|im_end|>).
     """
-    out, spans = [], []
-    pos = 0
-
-    def emit(s: str, target: bool = False):
-        nonlocal pos
-        if target:
-            spans.append((pos, pos + len(s)))
-        out.append(s)
-        pos += len(s)
-
+    out = _Rendering()
     if system:
-        emit(f"<|im_start|>system\n{system}<|im_end|>\n")
+        out.emit(f"<|im_start|>system\n{system}<|im_end|>\n")
     last_user = max((i for i, (r, _) in enumerate(turns) if r == "user"), default=-1)
     for i, (role, content) in enumerate(turns):
         if role == "assistant" and content is None:
-            emit("<|im_start|>assistant\n" + QWEN3_THINK_EMPTY)
-            continue
-        if role == "assistant":
+            out.emit("<|im_start|>assistant\n" + QWEN3_THINK_EMPTY)
+        elif role == "assistant":
             # The template writes an (empty) think block only for replies after the last user turn.
-            emit("<|im_start|>assistant\n" + (QWEN3_THINK_EMPTY if i > last_user else ""))
-            emit(content.lstrip("\n") if i > last_user else content, target=True)
-            spans[-1] = (spans[-1][0], spans[-1][1] + len("<|im_end|>"))
-            emit("<|im_end|>")
-            emit("\n")
+            after_query = i > last_user
+            out.emit("<|im_start|>assistant\n" + (QWEN3_THINK_EMPTY if after_query else ""))
+            out.emit((content.lstrip("\n") if after_query else content) + "<|im_end|>", target=True)
+            out.emit("\n")
         else:
-            emit(f"<|im_start|>{role}\n{content}<|im_end|>\n")
-    return "".join(out), spans
+            out.emit(f"<|im_start|>{role}\n{content}<|im_end|>\n")
+    return out.result()
 
 
 def render_llama3(system: str, turns: list[tuple[str, str | None]], date: str = LLAMA3_DEFAULT_DATE,
                   bos: str = "<|begin_of_text|>") -> tuple[str, list[tuple[int, int]]]:
     """Render like the Llama 3.1/3.2 instruct chat template (no tools), with a fixed date string."""
-    out, spans = [], []
-    pos = 0
-
-    def emit(s: str, target: bool = False):
-        nonlocal pos
-        if target:
-            spans.append((pos, pos + len(s)))
-        out.append(s)
-        pos += len(s)
-
-    emit(bos + "<|start_header_id|>system<|end_header_id|>\n\n" + LLAMA3_SYSTEM_HEADER.format(date=date)
-         + system.strip() + "<|eot_id|>")
+    out = _Rendering()
+    out.emit(bos + "<|start_header_id|>system<|end_header_id|>\n\n" + LLAMA3_SYSTEM_HEADER.format(date=date)
+             + system.strip() + "<|eot_id|>")
     for role, content in turns:
-        emit(f"<|start_header_id|>{role}<|end_header_id|>\n\n")
-        if content is None:
-            continue
-        if role == "assistant":
-            emit(content.strip() + "<|eot_id|>", target=True)
-        else:
-            emit(content.strip() + "<|eot_id|>")
-    return "".join(out), spans
+        out.emit(f"<|start_header_id|>{role}<|end_header_id|>\n\n")
+        if content is not None:
+            out.emit(content.strip() + "<|eot_id|>", target=role == "assistant")
+    return out.result()
 
 
 RENDERERS = {"qwen_3": render_qwen3, "llama_3": render_llama3}

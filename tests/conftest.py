@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -40,6 +41,25 @@ def train_cmd(zoo, output, *, stage: int, lm="qwen3_lm", tower=None, version=Non
         args += ["--version", version or ("llama_3" if lm == "llama_lm" else "qwen_3"), "--data_path", zoo["stage2_data"],
                  "--learning_rate", "3e-3", "--num_train_epochs", "8", "--lr_scheduler_type", "cosine"]
     return args + list(extra)
+
+
+def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
+    from PIL import Image
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    seen = []
+    handle = model.get_vision_tower().register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    image = process_images([Image.open(f"{zoo['images']}/img_001.png").convert("RGB")], processor, model.config)
+    for question in questions:
+        conv = conv_templates["qwen_3"].copy()
+        conv.append_message("user", "<image>\n" + question)
+        conv.append_message("assistant", None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+        with torch.no_grad():
+            model(input_ids=ids, images=image, image_sizes=[(32, 32)])
+    handle.remove()
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import llava_dpa  # noqa: F401
-from conftest import PY, run, train_cmd
+from conftest import PY, run, tower_outputs_for_questions, train_cmd
 from llava_dpa.data.subset import subset_indices
 from llava_dpa.training.train import train
 
@@ -15,23 +15,29 @@ CLI = [PY, "-m", "llava_dpa.cli"]
 
 
 def test_subset_data_is_deterministic_and_nested(zoo, tmp_path):
-    paths = {}
-    for n, seed in ((5, 1), (12, 1), (5, 1), (5, 2)):
-        out = tmp_path / f"{n}_{seed}_{len(paths)}.json"
-        run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", str(n), "--seed", str(seed), "--output", str(out)])
-        paths[(n, seed, len(paths))] = [r["id"] for r in json.loads(out.read_text())]
-    small, large, again, other = paths.values()
+    from llava_dpa.data.subset import write_subset
+
+    def ids(n, seed, name):
+        out = tmp_path / name
+        write_subset(zoo["stage2_data"], n, seed, str(out))
+        text = out.read_text()
+        records = [json.loads(line) for line in text.splitlines()] if name.endswith(".jsonl") else json.loads(text)
+        return [r["id"] for r in records]
+
+    cli_out = tmp_path / "cli.json"
+    run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", "5", "--seed", "1", "--output", str(cli_out)])
+    small = [r["id"] for r in json.loads(cli_out.read_text())]
+    large, again, other = ids(12, 1, "large.json"), ids(5, 1, "again.jsonl"), ids(5, 2, "other.json")
     assert len(small) == 5 and len(large) == 12
-    assert small == again                      # same seed, same subset
+    assert small == again                      # same seed, same subset (json or jsonl)
     assert set(small) <= set(large)            # a larger N is a superset
     assert small != other                      # another seed, another subset
     original = [r["id"] for r in json.loads(open(zoo["stage2_data"]).read())]
     assert large == [i for i in original if i in set(large)]  # original order kept
     with pytest.raises(ValueError, match="larger than the"):
         subset_indices(3, 4, 0)
-    bad = run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", "100000", "--output", str(tmp_path / "x.json")],
-              check=False)
-    assert bad.returncode == 2 and "larger than the" in bad.stderr
+    with pytest.raises(ValueError, match="larger than the"):
+        write_subset(zoo["stage2_data"], 100000, 0, str(tmp_path / "x.json"))
 
 
 def test_random_lm_init_keeps_shapes_changes_weights_and_is_seeded(zoo, perceiver, tmp_path):
@@ -79,25 +85,6 @@ def test_frozen_perceiver_is_unchanged_by_training(zoo, perceiver, dpa_stage1, t
     assert json.loads((tmp_path / "frozen" / "config.json").read_text())["freeze_perceiver"] is True
 
 
-def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
-    from PIL import Image
-    from llava.conversation import conv_templates
-    from llava.mm_utils import process_images, tokenizer_image_token
-
-    seen = []
-    handle = model.get_vision_tower().register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
-    image = process_images([Image.open(f"{zoo['images']}/img_001.png").convert("RGB")], processor, model.config)
-    for question in questions:
-        conv = conv_templates["qwen_3"].copy()
-        conv.append_message("user", "<image>\n" + question)
-        conv.append_message("assistant", None)
-        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-        with torch.no_grad():
-            model(input_ids=ids, images=image, image_sizes=[(32, 32)])
-    handle.remove()
-    return seen
-
-
 def test_instruction_context_makes_features_depend_on_the_question(zoo, perceiver, dpa_stage1, tmp_path):
     import shutil
 
@@ -128,14 +115,6 @@ def test_instruction_context_makes_features_depend_on_the_question(zoo, perceive
     assert not torch.allclose(a, b) and torch.equal(a, a2)
     _, turns = chat(out, f"{zoo['images']}/img_000.png", ["What color is the shape?", "What shape is it?"])
     assert len(turns) == 2
-
-
-def test_without_instruction_context_features_ignore_the_question(zoo, dpa_stage2):
-    from llava.model.builder import load_pretrained_model
-
-    tok, model, processor, _ = load_pretrained_model(str(dpa_stage2), None, "x", device="cpu")
-    a, b = tower_outputs_for_questions(model, tok, processor, zoo, ["What color is the shape?", "What shape is it?"])
-    assert torch.equal(a, b)
 
 
 def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import llava_dpa  # noqa: F401
-from conftest import PY, TINY_PINPOINTS, run, train_cmd
+from conftest import TINY_PINPOINTS, run, tower_outputs_for_questions, train_cmd
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
 from llava_dpa.perceiver.tower import PerceiverError, PerceiverTower
@@ -63,25 +63,10 @@ def test_delay_load_builds_from_config_and_loads_once(perceiver):
 
 
 def test_default_features_do_not_depend_on_the_question(zoo, dpa_stage2):
-    _, model, processor, _ = load_pretrained_model(str(dpa_stage2), None, "d", device="cpu")
-    tok = model.get_vision_tower()
-    seen = []
-    tok.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
-    from PIL import Image
-    from llava.mm_utils import process_images, tokenizer_image_token
-    from llava.conversation import conv_templates
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(dpa_stage2)
-    image = process_images([Image.open(f"{zoo['images']}/img_001.png").convert("RGB")], processor, model.config)
-    for question in ("What color is the shape?", "Is there anything unusual about the background?"):
-        conv = conv_templates["qwen_3"].copy()
-        conv.append_message("user", "<image>\n" + question)
-        conv.append_message("assistant", None)
-        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-        with torch.no_grad():
-            model(input_ids=ids, images=image, image_sizes=[(32, 32)])
-    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    tok, model, processor, _ = load_pretrained_model(str(dpa_stage2), None, "d", device="cpu")
+    a, b = tower_outputs_for_questions(model, tok, processor, zoo,
+                                       ["What color is the shape?", "Is there anything unusual about the background?"])
+    assert torch.equal(a, b)
 
 
 def grads_after_one_backward(trainer):

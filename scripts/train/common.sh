@@ -66,40 +66,36 @@ stage1() {  # $1 LLM  $2 vision tower (ViT or perceiver)  $3 output dir
     $PRECISION_ARGS "${EXTRA[@]}"
 }
 
-# Full stage 2: everything trains; the (perceiver) ViT at 2e-6, the LLM and projector at 1e-5.
-stage2() {  # $1 LLM  $2 vision tower  $3 stage-1 output  $4 output dir  $5 conversation template
-  launch --model_name_or_path "$1" --vision_tower "$2" --output_dir "$4" \
-    --version "$5" --data_path "$STAGE2_DATA" --image_folder "$STAGE2_IMAGES" \
-    --pretrain_mm_mlp_adapter "$3/mm_projector.bin" \
+# Stage 2 arguments shared by the full and the QLoRA recipes.
+stage2_with() {  # $1 LLM  $2 vision tower  $3 stage-1 output  $4 output dir  $5 template, then the recipe's flags
+  local llm=$1 tower=$2 stage1_dir=$3 out=$4 conv=$5
+  shift 5
+  launch --model_name_or_path "$llm" --vision_tower "$tower" --output_dir "$out" \
+    --version "$conv" --data_path "$STAGE2_DATA" --image_folder "$STAGE2_IMAGES" \
+    --pretrain_mm_mlp_adapter "$stage1_dir/mm_projector.bin" \
     --mm_vision_select_layer -1 --mm_projector_type mlp2x_gelu \
     --mm_use_im_start_end False --mm_use_im_patch_token False \
     --image_aspect_ratio anyres --image_grid_pinpoints "$ANYRES_PINPOINTS" --mm_patch_merge_type spatial_unpad \
-    --unfreeze_mm_vision_tower True --mm_vision_tower_lr 2e-6 --mm_projector_lr 1e-5 --learning_rate 1e-5 \
-    --num_train_epochs 2 --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$(grad_accum 256)" \
+    --unfreeze_mm_vision_tower True \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$(grad_accum 256)" \
     --lr_scheduler_type cosine --warmup_steps 500 --weight_decay 0.01 \
     --model_max_length "$MODEL_MAX_LENGTH" --gradient_checkpointing True --dataloader_num_workers 4 --lazy_preprocess True \
     --group_by_modality_length True \
     --save_strategy steps --save_steps 500 --save_total_limit 2 --logging_steps 10 --report_to none \
-    $PRECISION_ARGS "${EXTRA[@]}"
+    "$@" $PRECISION_ARGS "${EXTRA[@]}"
+}
+
+# Full stage 2: everything trains; the (perceiver) ViT at 2e-6, the LLM and projector at 1e-5, 2 epochs.
+stage2() {  # $1 LLM  $2 vision tower  $3 stage-1 output  $4 output dir  $5 conversation template
+  stage2_with "$1" "$2" "$3" "$4" "$5" --mm_vision_tower_lr 2e-6 --mm_projector_lr 1e-5 --learning_rate 1e-5 \
+    --num_train_epochs 2
 }
 
 # QLoRA stage 2 (the 32B rows): 4-bit target with LoRA at 2e-4, the (perceiver) ViT at 4e-5, 3 epochs.
 # The paper does not state the LoRA rank; r=128, alpha=256 are LLaVA's LoRA defaults.
 stage2_qlora() {  # same arguments as stage2
-  launch --model_name_or_path "$1" --vision_tower "$2" --output_dir "$4" \
-    --version "$5" --data_path "$STAGE2_DATA" --image_folder "$STAGE2_IMAGES" \
-    --pretrain_mm_mlp_adapter "$3/mm_projector.bin" \
-    --mm_vision_select_layer -1 --mm_projector_type mlp2x_gelu \
-    --mm_use_im_start_end False --mm_use_im_patch_token False \
-    --image_aspect_ratio anyres --image_grid_pinpoints "$ANYRES_PINPOINTS" --mm_patch_merge_type spatial_unpad \
-    --lora_enable True --bits 4 --lora_r 128 --lora_alpha 256 \
-    --unfreeze_mm_vision_tower True --mm_vision_tower_lr 4e-5 --mm_projector_lr 2e-4 --learning_rate 2e-4 \
-    --num_train_epochs 3 --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$(grad_accum 256)" \
-    --lr_scheduler_type cosine --warmup_steps 500 --weight_decay 0.01 \
-    --model_max_length "$MODEL_MAX_LENGTH" --gradient_checkpointing True --dataloader_num_workers 4 --lazy_preprocess True \
-    --group_by_modality_length True \
-    --save_strategy steps --save_steps 500 --save_total_limit 2 --logging_steps 10 --report_to none \
-    $PRECISION_ARGS "${EXTRA[@]}"
+  stage2_with "$1" "$2" "$3" "$4" "$5" --lora_enable True --bits 4 --lora_r 128 --lora_alpha 256 \
+    --mm_vision_tower_lr 4e-5 --mm_projector_lr 2e-4 --learning_rate 2e-4 --num_train_epochs 3
 }
 
 # Both stages of one row of Tables 3/4 on the target $LLM: $1 vision tower, $2 output dir, $3 template,
