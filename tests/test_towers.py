@@ -102,3 +102,13 @@ def test_unknown_towers_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UnknownVisionTowerError, match="neither a known ViT"):
         build_vision_tower(args(str(tmp_path)))
+
+
+def test_attention_implementation_is_sdpa_here_and_can_be_forced(zoo, monkeypatch):
+    from llava_dpa.towers.base import attention_implementation
+
+    assert attention_implementation() == "sdpa"  # no flash-attn / no GPU on this machine
+    monkeypatch.setenv("LLAVA_DPA_TOWER_ATTN", "eager")
+    assert attention_implementation() == "eager"
+    tower = build_vision_tower(args(zoo["clip"]))
+    assert tower.vision_tower.config._attn_implementation == "eager"

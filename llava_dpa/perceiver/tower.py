@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from llava_dpa.towers import weights as W
-from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.base import VisionTower, attention_implementation
 from llava_dpa.towers.registry import DPA_PREFIX
 
 
@@ -65,7 +65,7 @@ class PerceiverTower(VisionTower):
 
         cls = target_class_for(config_dict["model_type"])
         config = cls.config_class.from_dict({k: v for k, v in config_dict.items() if k != "model_type"})
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = attention_implementation()
         if not config.to_dict().get("mm_vision_tower_config") and not os.path.exists(config.mm_vision_tower):
             raise PerceiverError(f"the perceiver's own ViT {config.mm_vision_tower} is neither recorded in its config "
                                  f"nor present on disk")

@@ -16,6 +16,20 @@ import torch.nn as nn
 from llava_dpa.towers import weights as W
 
 
+def attention_implementation() -> str:
+    """Towers (and the perceiver's LM) use flash-attention-2 when it is installed and a GPU is present,
+    else sdpa; LLAVA_DPA_TOWER_ATTN overrides (e.g. 'eager')."""
+    import importlib.util
+    import os
+
+    forced = os.environ.get("LLAVA_DPA_TOWER_ATTN")
+    if forced:
+        return forced
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
 class VisionTower(nn.Module, ABC):
     #: config.json model_type values this tower reads (the registry's key).
     model_types: tuple[str, ...] = ()

@@ -1,7 +1,7 @@
 """SigLIP ViT (and SigLIP2's fixed-resolution checkpoints, which use the same architecture)."""
 from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
-from llava_dpa.towers.base import HiddenStateTower, square_processor
+from llava_dpa.towers.base import HiddenStateTower, attention_implementation, square_processor
 
 
 class SigLIPTower(HiddenStateTower):
@@ -12,7 +12,7 @@ class SigLIPTower(HiddenStateTower):
     def build_model(self, config_dict):
         vision = config_dict.get("vision_config", config_dict) if config_dict.get("model_type") == "siglip" else config_dict
         config = SiglipVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"})
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = attention_implementation()
         return SiglipVisionModel(config)
 
     def build_image_processor(self, processor_dict):
