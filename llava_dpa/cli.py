@@ -55,10 +55,10 @@ def _extra_commands():
     """Subcommands that live with their feature: each module's register(subparsers)."""
     from llava_dpa.data import subset
     from llava_dpa.perceiver import compose, extract
-    from llava_dpa.eval import report
+    from llava_dpa.eval import offline, report
     from llava_dpa.projectors import large_mlp
 
-    return [compose.register, extract.register, subset.register, large_mlp.register, report.register]
+    return [compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register]
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ from llava_dpa.zoo import models
 from llava_dpa.zoo.data import corpus_lines, write_dataset
 from llava_dpa.zoo.tokenizers import llama3_style_tokenizer, qwen3_style_tokenizer
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 
 
 def build_zoo(output: str | Path, seed: int = 0) -> dict[str, str]:
@@ -32,6 +32,7 @@ def build_zoo(output: str | Path, seed: int = 0) -> dict[str, str]:
     models.tiny_siglip(Path(paths["siglip"]), seed=seed)
     models.tiny_qwen2_5_vl_vision(Path(paths["qwen2_5_vl_vit"]), seed=seed)
     data = write_dataset(root / "data", seed=seed)
-    paths.update({"images": data["images"], "stage1_data": data["stage1"], "stage2_data": data["stage2"]})
+    paths.update({"images": data["images"], "stage1_data": data["stage1"], "stage2_data": data["stage2"],
+                  "benchmark": data["benchmark"]})
     manifest.write_text(json.dumps({"version": ZOO_VERSION, "paths": paths}, indent=1))
     return paths

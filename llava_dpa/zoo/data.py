@@ -79,6 +79,17 @@ def write_dataset(folder: Path, n_images: int = 24, seed: int = 0) -> dict:
             a, b = rng.choice(ARITHMETIC)
             stage2.append({"id": f"text-{i}", "conversations": [
                 {"from": "human", "value": f"What is {a} plus {b}?"}, {"from": "gpt", "value": NUMBER_WORDS[a + b]}]})
+    # A small local benchmark: short answers (colour) and multiple choice (shape), for offline scoring.
+    bench = []
+    for i, (name, shape, color, bg) in enumerate(meta):
+        bench.append({"question_id": f"color-{i}", "image": name, "text": "What color is the shape?",
+                      "answer": color, "type": "short"})
+        options = list(SHAPES)
+        bench.append({"question_id": f"shape-{i}", "image": name, "type": "mc", "choices": options,
+                      "answer": "ABC"[options.index(shape)],
+                      "text": "What shape is it?\n" + "\n".join(f"{l}. {o}" for l, o in zip("ABC", options))})
+    (folder / "benchmark.jsonl").write_text("\n".join(json.dumps(q) for q in bench) + "\n")
     (folder / "stage1.json").write_text(json.dumps(stage1, indent=1))
     (folder / "stage2.json").write_text(json.dumps(stage2, indent=1))
-    return {"images": str(images_dir), "stage1": str(folder / "stage1.json"), "stage2": str(folder / "stage2.json")}
+    return {"images": str(images_dir), "stage1": str(folder / "stage1.json"), "stage2": str(folder / "stage2.json"),
+            "benchmark": str(folder / "benchmark.jsonl")}
