@@ -32,6 +32,8 @@ class PerceiverTower(VisionTower):
     model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
+        # Not VisionTower.__init__: the perceiver's config is a whole VLM (with its own tower inside), its
+        # select layer is --dpa_select_layer, and its image processor is its ViT's.
         torch.nn.Module.__init__(self)
         self.vision_tower_name = vision_tower
         self.perceiver_path = strip_prefix(vision_tower)
