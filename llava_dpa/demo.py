@@ -73,7 +73,7 @@ def train_stage(recipe: Recipe, stage: int, zoo: dict, out: Path) -> Path:
     else:
         args = ["--version", recipe.version, "--data_path", zoo["stage2_data"],
                 "--pretrain_mm_mlp_adapter", str(out / f"{recipe.name}-stage1" / "mm_projector.bin"),
-                "--learning_rate", "3e-3", "--num_train_epochs", "15", "--warmup_ratio", "0.05"] + recipe.stage2_extra
+                "--learning_rate", "3e-3", "--num_train_epochs", "25", "--warmup_ratio", "0.05"] + recipe.stage2_extra
     print(f"  stage {stage}: python -m llava.train.train_mem ... (log: {folder}.log)")
     start = time.time()
     stream([PY, "-m", "llava.train.train_mem", *common, *args], Path(f"{folder}.log"))

@@ -39,7 +39,7 @@ def train_cmd(zoo, output, *, stage: int, lm="qwen3_lm", tower=None, version=Non
                  "--learning_rate", "1e-3", "--max_steps", "3"]
     else:
         args += ["--version", version or ("llama_3" if lm == "llama_lm" else "qwen_3"), "--data_path", zoo["stage2_data"],
-                 "--learning_rate", "3e-3", "--num_train_epochs", "8", "--lr_scheduler_type", "cosine"]
+                 "--learning_rate", "3e-3", "--num_train_epochs", "12", "--lr_scheduler_type", "cosine"]
     return args + list(extra)
 
 
