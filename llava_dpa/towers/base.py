@@ -145,6 +145,17 @@ class HiddenStateTower(VisionTower):
     """Towers whose features are a hidden-state layer chosen by select_layer (CLIP, SigLIP)."""
 
     has_cls_token = True
+    #: the full (image-text) checkpoint's model_type whose vision part sits under "vision_config"
+    composite_type: str = ""
+    config_cls = None
+    model_cls = None
+
+    def build_model(self, config_dict):
+        vision = config_dict.get("vision_config", config_dict) if config_dict.get("model_type") == self.composite_type \
+            else config_dict
+        config = self.config_cls(**{k: v for k, v in vision.items() if k != "model_type"})
+        config._attn_implementation = attention_implementation()
+        return self.model_cls(config)
 
     def encode(self, pixel_values):
         out = self.vision_tower(pixel_values, output_hidden_states=True)

@@ -6,7 +6,7 @@ the tower resizes every tile to `image_size` (from the processor, default 256) a
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel, SiglipImageProcessor
 
-from llava_dpa.towers.base import HiddenStateTower, attention_implementation, square_processor
+from llava_dpa.towers.base import HiddenStateTower, square_processor
 
 
 class SigLIP2Tower(HiddenStateTower):
@@ -14,11 +14,9 @@ class SigLIP2Tower(HiddenStateTower):
     checkpoint_prefixes = ("", "model.", "model.vision_tower.vision_tower.")
     has_cls_token = False
 
-    def build_model(self, config_dict):
-        vision = config_dict.get("vision_config", config_dict) if config_dict.get("model_type") == "siglip2" else config_dict
-        config = Siglip2VisionConfig(**{k: v for k, v in vision.items() if k != "model_type"})
-        config._attn_implementation = attention_implementation()
-        return Siglip2VisionModel(config)
+    composite_type = "siglip2"
+    config_cls = Siglip2VisionConfig
+    model_cls = Siglip2VisionModel
 
     def build_image_processor(self, processor_dict):
         side = int(processor_dict.get("tile_size", 256))
