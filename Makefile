@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 LLAVA_SPEC := llava-torch==1.2.2.post1
 
-.PHONY: setup demo test patch-check clean
+.PHONY: setup setup-eval demo test patch-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -21,10 +21,21 @@ $(VENV)/.setup-done: setup.py constraints.txt $(wildcard patches/*.patch)
 	$(VENV)/bin/llava-dpa patch-llava
 	touch $@
 
+# lmms-eval (the evaluation harness) with the model stack held at the installed versions, so it cannot move
+# torch or transformers; constraints-eval.txt says what must move instead.
+HELD := torch|transformers|tokenizers|accelerate|peft|safetensors|numpy|huggingface_hub|bitsandbytes|deepspeed
+setup-eval: $(VENV)/.eval-done
+
+$(VENV)/.eval-done: $(VENV)/.setup-done constraints-eval.txt
+	$(PY) -m pip freeze | grep -i -E '^($(HELD))==' > $(VENV)/held.txt
+	$(PY) -m pip install -q -c $(VENV)/held.txt -c constraints-eval.txt -e ".[eval]"
+	-$(PY) -m pip uninstall -q -y torchvision
+	touch $@
+
 demo: setup
 	$(PY) -m llava_dpa.demo
 
-test: setup
+test: setup setup-eval
 	$(PY) -m pytest -q tests
 
 patch-check: setup

@@ -33,7 +33,10 @@ setup(
         "qlora": ["bitsandbytes>=0.45"],
         "deepspeed": ["deepspeed>=0.15"],
         "flash-attn": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "bitsandbytes>=0.45", "deepspeed>=0.15"],
+        "eval": ["lmms-eval>=0.7.3", "matplotlib>=3.7"],
+        "analysis": ["matplotlib>=3.7"],
+        "dev": ["pytest>=8", "bitsandbytes>=0.45", "deepspeed>=0.15", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["llava-dpa=llava_dpa.cli:main"]},
+    entry_points={"console_scripts": ["llava-dpa=llava_dpa.cli:main"],
+                  "lmms_eval.models": ["llava_dpa=llava_dpa.eval.lmms_plugin:manifest"]},
 )

@@ -53,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands that live with their feature: each module's register(subparsers)."""
+    from llava_dpa import text_path
     from llava_dpa.data import subset
     from llava_dpa.perceiver import compose, extract
-    from llava_dpa.eval import offline, report
+    from llava_dpa.eval import lmms_tasks, offline, report
     from llava_dpa.projectors import large_mlp
 
-    return [compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register]
+    return [compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
+            lmms_tasks.register, text_path.register]
 
 
 def main(argv=None) -> int:

@@ -65,7 +65,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     load_kwargs = {"device_map": device_map}
     attn = kwargs.pop("attn_implementation", None) or ("flash_attention_2" if use_flash_attn else "sdpa")
     load_kwargs["attn_implementation"] = attn
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     if load_8bit:
         load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     elif load_4bit:
@@ -73,7 +73,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
             load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16 if device != "cpu" else torch.float32,
             bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
     else:
-        load_kwargs["torch_dtype"] = dtype or (torch.float32 if device == "cpu" else torch.float16)
+        load_kwargs["dtype"] = dtype or (torch.float32 if device == "cpu" else torch.float16)
     load_kwargs.update(kwargs)
 
     cfg = _config_dict(model_path)

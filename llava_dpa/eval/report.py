@@ -34,7 +34,8 @@ LMMS_TASKS = {
     "mmstar": ("MMStar", ["average"], 100.0),
     "seedbench_2_plus": ("SeedBench2Plus", ["seedbench_2_plus_all"], 100.0),
     "mmmu_val": ("MMMU", ["mmmu_acc"], 100.0),
-    "mathvista_testmini": ("MathVista", ["gpt_eval_score"], 1.0),
+    "mathvista_testmini_format": ("MathVista", ["llm_as_judge_eval"], 1.0),
+    "mathvista_testmini": ("MathVista", ["gpt_eval_score", "llm_as_judge_eval"], 1.0),
     "mathvision_test": ("MathVision", ["mathvision_standard_eval"], 1.0),
     "ocrbench": ("OCRBench", ["ocrbench_accuracy"], 100.0),
     "ai2d": ("AI2D", ["exact_match"], 100.0),
@@ -88,8 +89,12 @@ def load_lmms_eval_folder(folder: Path) -> dict[str, float]:
     files = sorted(folder.rglob("*results*.json"))
     if not files:
         raise FileNotFoundError(f"{folder}: no lmms-eval results_*.json inside")
+    seen = set()
     for f in files:
-        results = json.loads(f.read_text()).get("results", {})
+        data = json.loads(f.read_text())
+        # lm-evaluation-harness reports a group's score (mmlu_redux_generative) under "groups"
+        results = {**data.get("groups", {}), **data.get("results", {})}
+        seen |= set(results)
         for task, metrics in results.items():
             if task not in LMMS_TASKS:
                 continue
@@ -99,6 +104,9 @@ def load_lmms_eval_folder(folder: Path) -> dict[str, float]:
                 if value is not None:
                     scores[name] = value * scale
                     break
+    if not scores:
+        raise ValueError(f"{folder}: no paper benchmark among the tasks {sorted(seen)}; "
+                         f"the report knows {sorted(LMMS_TASKS)}")
     return scores
 
 

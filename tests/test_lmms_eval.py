@@ -1,0 +1,244 @@
+"""The lmms-eval model `llava_dpa`, the local-task builder, the text-path export and run_paper_suite.sh."""
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import PY, REPO, run
+
+TEXT_QUESTIONS = [
+    {"question_id": "t0", "text": "What color is the shape?", "answer": "red", "type": "short"},
+    {"question_id": "t1", "text": "What shape is it?\nA. circle\nB. square\nC. triangle", "answer": "A",
+     "type": "mc", "choices": ["circle", "square", "triangle"]},
+]
+
+
+class Request(SimpleNamespace):
+    """What lmms-eval hands a model: `.args` = (context, target or gen_kwargs, doc_to_visual, doc_id, task, split)."""
+
+
+def _requests(plugin, docs, second, visual=True):
+    plugin.task_dict = {"t": {"test": docs}}
+    to_visual = (lambda doc: [doc["pil"]]) if visual else (lambda doc: [])
+    return [Request(args=(doc["text"], second(doc), to_visual, i, "t", "test")) for i, doc in enumerate(docs)]
+
+
+@pytest.fixture(scope="module")
+def local_tasks(zoo, tmp_path_factory):
+    from llava_dpa.eval.lmms_tasks import write_task
+
+    folder = tmp_path_factory.mktemp("lmms_tasks")
+    text = folder / "text.jsonl"
+    text.write_text("\n".join(json.dumps(q) for q in TEXT_QUESTIONS) + "\n")
+    names = write_task(zoo["benchmark"], zoo["images"], str(folder), "zoo")
+    names += write_task(str(text), None, str(folder), "text")
+    return folder, names
+
+
+def test_local_task_folder(local_tasks, zoo):
+    folder, names = local_tasks
+    assert names == ["zoo_short", "zoo_mc", "zoo_mc_loglik", "text_short", "text_mc", "text_mc_loglik"]
+    docs = json.loads((folder / "zoo_mc.json").read_text())
+    assert len(docs) == 24 and all(d["image"].startswith("/") for d in docs)
+    assert "output_type: multiple_choice" in (folder / "zoo_mc_loglik.yaml").read_text()
+    from llava_dpa.eval.lmms_tasks import doc_to_target, process_mc, process_short
+
+    assert doc_to_target(docs[0]) == "ABC".index(docs[0]["answer"])
+    # exact match normalises punctuation away; ANLS (as defined for DocVQA) only case and outer spaces
+    assert process_short({"answer": ["red"]}, ["Red."]) == {"exact_match": 1.0, "anls": 0.75}
+    assert process_mc({"answer": "B", "choices": ["x", "y"]}, ["B. y"]) == {"accuracy": 1.0}
+    with pytest.raises(ValueError, match="pass --images"):
+        from llava_dpa.eval.lmms_tasks import write_task
+
+        write_task(zoo["benchmark"], None, str(folder / "x"), "x")
+
+
+def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, zoo, tmp_path):
+    """lmms-eval finds `llava_dpa` through its entry point and runs generate_until (image and text-only) and
+    loglikelihood tasks on CPU; its answers equal llava.eval.model_vqa_loader's (the same greedy decoding),
+    although lmms-eval batches 4 left-padded prompts."""
+    folder, _ = local_tasks
+    out = tmp_path / "lmms"
+    run([PY, "-m", "lmms_eval", "--model", "llava_dpa", "--model_args", f"pretrained={dpa_stage2}",
+         "--tasks", "zoo_short,zoo_mc_loglik,text_short,text_mc", "--include_path", str(folder), "--device", "cpu",
+         "--batch_size", "4", "--output_path", str(out), "--log_samples"])
+    results = json.loads(next(out.rglob("*_results.json")).read_text())["results"]
+    assert set(results) == {"zoo_short", "zoo_mc_loglik", "text_short", "text_mc"}
+    # trained on these colour questions; its exact skill varies run to run (CPU training is not bit-exact)
+    assert 0 < results["zoo_short"]["exact_match,none"] <= 1
+    assert 0.0 <= results["zoo_mc_loglik"]["acc,none"] <= 1.0
+    samples = [json.loads(line) for line in next(out.rglob("*_samples_zoo_short.jsonl")).read_text().splitlines()]
+    docs = json.loads((folder / "zoo_short.json").read_text())
+    lmms_answers = {docs[s["doc_id"]]["question_id"]: s["filtered_resps"] for s in samples}
+    assert len(lmms_answers) == 24
+    loglik = [json.loads(line) for line in next(out.rglob("*_samples_zoo_mc_loglik.jsonl")).read_text().splitlines()]
+    values = [float(ll) for ll, _ in loglik[0]["filtered_resps"]]  # (log-likelihood, greedy) per choice letter
+    assert len(values) == 3 and all(v < 0 for v in values)
+    text = [json.loads(line) for line in next(out.rglob("*_samples_text_short.jsonl")).read_text().splitlines()]
+    assert isinstance(text[0]["filtered_resps"], str) and text[0]["input"] == "What color is the shape?"
+
+    answers = tmp_path / "answers.jsonl"
+    run(["bash", str(REPO / "scripts/eval/llava_vqa.sh"), str(dpa_stage2), zoo["benchmark"], zoo["images"],
+         str(answers)], env={"PYTHON": PY, "MAX_NEW_TOKENS": "16"})
+    vqa = {a["question_id"]: a["text"] for a in map(json.loads, answers.read_text().splitlines())}
+    assert lmms_answers == {qid: vqa[qid] for qid in lmms_answers}
+
+    report = run([PY, "-m", "llava_dpa.cli", "report", str(out), "--format", "json"], check=False)
+    assert report.returncode == 2 and "no paper benchmark" in report.stderr
+
+
+@pytest.fixture(scope="module")
+def plugin(dpa_stage2):
+    from llava_dpa.eval.lmms_model import LlavaDPA
+
+    return LlavaDPA(pretrained=str(dpa_stage2), device="cpu")
+
+
+def test_template_comes_from_the_config(plugin, dpa_stage2):
+    from llava_dpa.eval.lmms_model import LlavaDPA
+
+    assert plugin.conv_mode == json.loads((dpa_stage2 / "config.json").read_text())["conv_version"] == "qwen_3"
+    assert plugin.prompt("Hi?", 1).startswith("<|im_start|>user\n<image>\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="unknown --conv-mode"):
+        LlavaDPA(pretrained=str(dpa_stage2), device="cpu", conv_template="vicuna_v9")
+
+
+def test_loglikelihood_is_the_sum_of_continuation_log_probs(plugin, zoo):
+    from PIL import Image
+
+    image = Image.open(f"{zoo['images']}/img_000.png").convert("RGB")
+    question = "What color is the shape?"
+    reply = plugin.generate_until(_requests(plugin, [{"text": question, "pil": image}],
+                                            lambda d: {"until": ["<|im_end|>"], "max_new_tokens": 4}))[0]
+    greedy_ll, greedy = plugin.continuation_logprob(question, reply, [image])
+    other = "zzz" if reply != "zzz" else "red"
+    other_ll, other_greedy = plugin.continuation_logprob(question, other, [image])
+    assert greedy and not other_greedy and greedy_ll > other_ll
+
+    # Against the model's own mean cross-entropy over the same continuation tokens.
+    tok, model = plugin.tokenizer, plugin.model
+    from llava.mm_utils import process_images
+
+    prompt_ids = plugin._encode(plugin.prompt(question, 1))
+    cont = torch.tensor(tok(other, add_special_tokens=False).input_ids)
+    ids = torch.cat([prompt_ids, cont])[None]
+    labels = ids.clone()
+    labels[0, :len(prompt_ids)] = -100
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels, images=process_images([image], plugin._processor, model.config),
+                     image_sizes=[image.size]).loss
+    assert other_ll == pytest.approx(-loss.item() * len(cont), rel=1e-4)
+
+    # lmms-eval's loglikelihood entry point returns the same pair, text-only requests included
+    pair = plugin.loglikelihood(_requests(plugin, [{"text": question, "pil": image}], lambda d: other))[0]
+    pair = getattr(pair, "text", pair)
+    assert pair[0] == pytest.approx(other_ll) and pair[1] is False
+    text_only = plugin.loglikelihood(_requests(plugin, [{"text": question}], lambda d: other, visual=False))[0]
+    assert getattr(text_only, "text", text_only)[0] != pytest.approx(other_ll)
+
+
+def test_batched_generation_equals_one_by_one(plugin, zoo):
+    from PIL import Image
+
+    docs = [{"text": q, "pil": Image.open(f"{zoo['images']}/img_00{i}.png").convert("RGB")}
+            for i, q in enumerate(["What color is the shape?", "What shape is it?\nA. circle\nB. square\nC. triangle",
+                                   "Describe the image."])]
+    settings = lambda d: {"until": ["<|im_end|>"], "max_new_tokens": 6}  # noqa: E731
+    plugin.batch_size_per_gpu = 3
+    batched = plugin.generate_until(_requests(plugin, docs, settings))
+    plugin.batch_size_per_gpu = 1
+    single = plugin.generate_until(_requests(plugin, docs, settings))
+    assert batched == single and all(isinstance(t, str) for t in batched)
+
+
+def test_instruction_context_checkpoint_sees_the_question(dpa_stage2, perceiver, zoo, tmp_path):
+    """An instruction-context checkpoint: the perceiver reads each request's question before the image."""
+    from PIL import Image
+
+    from llava_dpa.eval.lmms_model import LlavaDPA
+
+    ckpt = tmp_path / "ctx"
+    shutil.copytree(dpa_stage2, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["perceiver_instruction_context"] = True
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "perceiver_tokenizer").mkdir()
+    for f in perceiver.glob("*"):
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, ckpt / "perceiver_tokenizer")
+    model = LlavaDPA(pretrained=str(ckpt), device="cpu")
+    tower = model.model.get_vision_tower()
+    seen = []
+    original = tower.set_contexts
+
+    def spy(*args, **kwargs):
+        original(*args, **kwargs)
+        seen.extend(tower.perceiver_tokenizer.decode(ids) for ids in tower._context_ids)
+
+    tower.set_contexts = spy
+    image = Image.open(f"{zoo['images']}/img_000.png").convert("RGB")
+    model.generate_until(_requests(model, [{"text": "What shape is it?", "pil": image}],
+                                   lambda d: {"max_new_tokens": 2}))
+    model.continuation_logprob("What color is the shape?", "red", [image])
+    assert [s.strip() for s in seen] == ["<|im_start|>user\nWhat shape is it?",
+                                         "<|im_start|>user\nWhat color is the shape?"]
+
+
+def test_original_llm_mode_answers_text_and_refuses_images(zoo):
+    from PIL import Image
+
+    from llava_dpa.eval.lmms_model import LlavaDPA
+
+    llm = LlavaDPA(pretrained=zoo["qwen3_lm"], device="cpu", max_new_tokens=3)
+    assert not llm.is_multimodal and llm.conv_mode == "qwen_3"
+    out = llm.generate_until(_requests(llm, [{"text": "Hello?"}], lambda d: {}, visual=False))
+    assert isinstance(out[0], str)
+    ll, _ = llm.continuation_logprob("Hello?", "red", [])
+    assert ll < 0
+    image = Image.open(f"{zoo['images']}/img_000.png")
+    with pytest.raises(ValueError, match="text-only LLM"):
+        llm.generate_until(_requests(llm, [{"text": "Hello?", "pil": image}], lambda d: {}))
+
+
+def test_export_llm_text_path_equals_the_vlm_on_text(dpa_stage2, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from llava_dpa.loading import load_pretrained_model
+
+    out = tmp_path / "llm"
+    run([PY, "-m", "llava_dpa.cli", "export-llm", str(dpa_stage2), str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and not any(k.startswith("mm_") for k in config)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "mm_projector" in k or "vision_tower" in k]
+    tok, vlm, _, _ = load_pretrained_model(str(dpa_stage2), None, None, device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok("What color is the shape? red", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(vlm(input_ids=ids).logits, plain(input_ids=ids).logits)
+    from llava_dpa.text_path import export_language_model
+
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_language_model(str(dpa_stage2), str(out))
+
+
+def test_paper_suite_commands():
+    env = {"DRY_RUN": "1", "PYTHON": "py"}
+    full = run(["bash", str(REPO / "scripts/eval/run_paper_suite.sh"), "/ck/dpa", "/o"], env=env).stdout.splitlines()
+    tasks = full[0].split("--tasks ")[1].split()[0].split(",")
+    assert tasks == ["mmvet", "mmstar", "seedbench_2_plus", "mmmu_val", "mathvista_testmini_format",
+                     "mathvision_test", "ocrbench", "ai2d", "openai_math", "gpqa_diamond_openai"]
+    assert "--model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16" in full[0]
+    assert full[1] == "+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path"
+    assert "lm_eval --model hf --model_args pretrained=/o/text_path" in full[2] and "mmlu_redux_generative" in full[2]
+    assert full[3] == "+ py -m llava_dpa.cli report /o"
+    llm = run(["bash", str(REPO / "scripts/eval/run_paper_suite.sh"), "/base/qwen3", "/o"],
+              env=dict(env, LLM_ONLY="1", MODEL_BASE="")).stdout.splitlines()
+    assert "--tasks openai_math,gpqa_diamond_openai " in llm[0] and "pretrained=/base/qwen3" in llm[1]
+    assert len(llm) == 3
+    lora = run(["bash", str(REPO / "scripts/eval/run_paper_suite.sh"), "/ck/lora", "/o"],
+               env=dict(env, MODEL_BASE="/base/qwen3")).stdout.splitlines()
+    assert "model_base=/base/qwen3" in lora[0] and lora[1].endswith("--model-base /base/qwen3")
