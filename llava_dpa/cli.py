@@ -54,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands that live with their feature: each module's register(subparsers)."""
     from llava_dpa import text_path
+    from llava_dpa.analysis import bench, commands
     from llava_dpa.data import subset
     from llava_dpa.perceiver import compose, extract
     from llava_dpa.eval import lmms_tasks, offline, report
     from llava_dpa.projectors import large_mlp
 
     return [compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
-            lmms_tasks.register, text_path.register]
+            lmms_tasks.register, text_path.register,
+            commands.register, bench.register]
 
 
 def main(argv=None) -> int:

@@ -69,3 +69,31 @@ def test_cli_formats_and_errors(paper_scores, tmp_path):
     bad.write_text(json.dumps({"m": {"MMBench": 1.0}}))
     proc = run([PY, "-m", "llava_dpa.cli", "report", str(bad)], check=False)
     assert proc.returncode == 2 and "unknown benchmark name(s) ['MMBench']" in proc.stderr
+
+
+def test_png_chart_and_lmms_eval_folders(paper_scores, tmp_path):
+    from llava_dpa.cli import main
+    from llava_dpa.eval.report import load_lmms_eval_folder, to_png
+
+    chart = tmp_path / "table1.png"
+    to_png(build_table(paper_scores, [("DPA-Qwen3-4B", "LLaVA-NeXT-Qwen3-4B")], "Qwen3-4B"), str(chart))
+    from PIL import Image
+
+    with Image.open(chart) as image:
+        assert image.format == "PNG" and image.size[0] > 800
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(paper_scores))
+    assert main(["report", str(path), "--format", "png"]) == 2  # a chart needs --output
+
+    # lmms-eval's results file (metric,filter keys, fractions) and lm-evaluation-harness's group score
+    run_dir = tmp_path / "dpa" / "lmms_eval" / "model"
+    run_dir.mkdir(parents=True)
+    (run_dir / "20261122_results.json").write_text(json.dumps({"results": {
+        "mmstar": {"alias": "mmstar", "average,none": 0.523, "average_stderr,none": 0.01},
+        "mathvista_testmini_format": {"llm_as_judge_eval,none": 49.9},
+        "ocrbench": {"ocrbench_accuracy,none": 0.671}}}))
+    (tmp_path / "dpa" / "lm_eval").mkdir()
+    (tmp_path / "dpa" / "lm_eval" / "results_2026.json").write_text(json.dumps({
+        "groups": {"mmlu_redux_generative": {"exact_match,strict-match": 0.719}}, "results": {}}))
+    scores = load_lmms_eval_folder(tmp_path / "dpa")
+    assert scores == pytest.approx({"MMStar": 52.3, "MathVista": 49.9, "OCRBench": 67.1, "MMLU-Redux": 71.9})

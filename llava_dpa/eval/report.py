@@ -154,12 +154,39 @@ def to_csv(table: dict) -> str:
     return buf.getvalue()
 
 
+def to_png(table: dict, path: str) -> None:
+    """Grouped bars: one group per benchmark and average, one bar per model (the Δ rows are left out)."""
+    from llava_dpa.analysis.plots import pyplot
+
+    plt = pyplot()
+    cols = [c for c in table["columns"] if any(row[c] is not None for row in table["rows"].values())]
+    models = list(table["rows"])
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(cols) * max(1, len(models) / 2)), 4.5))
+    for i, name in enumerate(models):
+        values = [table["rows"][name][c] or 0.0 for c in cols]
+        ax.bar([x + (i - (len(models) - 1) / 2) * width for x in range(len(cols))], values, width, label=name)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, rotation=45, ha="right", fontsize=8)
+    for x, c in enumerate(cols):
+        if c in GROUPS or c in ("Multi. Avg.", "All Avg."):
+            ax.axvspan(x - 0.45, x + 0.45, color="0.92", zorder=0)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    title = "; ".join(f"{k}: forgetting {v['relative_reduction']:.1%} lower" for k, v in table["forgetting"].items())
+    ax.set_title(title or "Benchmarks (shaded: averages)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 def register(sub) -> None:
     p = sub.add_parser("report", help="benchmark scores in the layout of the paper's Table 1")
     p.add_argument("inputs", nargs="+", help="a JSON {model: {benchmark: score}} file, or lmms-eval result folders")
     p.add_argument("--pair", action="append", default=[], help="DPA=BASELINE: add a Δ row (repeatable)")
     p.add_argument("--llm", default=None, help="the row holding the original LLM's text scores (forgetting)")
-    p.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    p.add_argument("--format", choices=["markdown", "csv", "json", "png"], default="markdown",
+                   help="png: a bar chart (needs --output)")
     p.add_argument("--output", default=None, help="write here instead of printing")
 
     def run(a):
@@ -169,6 +196,12 @@ def register(sub) -> None:
                 raise ValueError(f"--pair {item!r}: write DPA=BASELINE")
             pairs.append(tuple(item.split("=", 1)))
         table = build_table(load_inputs(a.inputs), pairs, a.llm)
+        if a.format == "png":
+            if not a.output:
+                raise ValueError("--format png writes a file: give --output chart.png")
+            to_png(table, a.output)
+            print(f"wrote {a.output}")
+            return
         text = {"markdown": to_markdown, "csv": to_csv, "json": lambda t: json.dumps(t, indent=1)}[a.format](table)
         if a.output:
             Path(a.output).write_text(text)

@@ -37,3 +37,8 @@ class TrainingArguments(llava_train.TrainingArguments):
     mm_vision_tower_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the (perceiver) ViT."})
     perceiver_lr: Optional[float] = field(default=None, metadata={
         "help": "Learning rate of the perceiver's projector and LM blocks (default: --learning_rate)."})
+    mir_probe_images: Optional[str] = field(default=None, metadata={
+        "help": "Record MIR at every save (mir_history.csv): an image folder or LLaVA data file of probes."})
+    mir_probe_image_folder: Optional[str] = field(default=None, metadata={"help": "Images of a probe data file."})
+    mir_probe_texts: Optional[str] = field(default=None, metadata={"help": "Probe texts, one per line."})
+    mir_probe_count: int = field(default=64, metadata={"help": "Probes measured at every save."})

@@ -161,6 +161,12 @@ def train(attn_implementation=None, argv=None):
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
     trainer = DPATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     trainer.add_callback(SkippedSamplesCallback(data_module["train_dataset"]))
+    if training_args.mir_probe_images:
+        from llava_dpa.analysis.mir_callback import MIRCallback
+
+        trainer.add_callback(MIRCallback(tokenizer, model_args.version, training_args.mir_probe_images,
+                                         training_args.mir_probe_texts, training_args.mir_probe_image_folder,
+                                         training_args.mir_probe_count, training_args.seed))
 
     last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
     if last:

@@ -1,0 +1,14 @@
+"""matplotlib without a display; the one import every figure goes through, so a missing install says how
+to fix it."""
+from __future__ import annotations
+
+
+def pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install 'llava-dpa[analysis]' (or matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
