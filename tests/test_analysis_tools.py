@@ -67,6 +67,17 @@ def test_streamed_mir_equals_the_in_memory_distance(dpa_view, zoo, texts):
         mir_per_layer(dpa_view, probes[:1])
 
 
+def test_no_visual_tokens_is_named(dpa_view, zoo, monkeypatch):
+    import llava.constants
+
+    from llava_dpa.analysis.probes import NoVisualTokens
+
+    probe = read_probes(zoo["images"], None)[0]
+    monkeypatch.setattr(llava.constants, "DEFAULT_IMAGE_TOKEN", "")  # a prompt without its <image>
+    with pytest.raises(NoVisualTokens, match="placed no visual tokens"):
+        layer_states(dpa_view, probe)
+
+
 def test_analyze_mir_overlays_target_baseline_and_perceiver(dpa_stage2, baseline_stage2, zoo, texts, tmp_path):
     out = tmp_path / "mir"
     assert main(["analyze", "mir", str(dpa_stage2), str(baseline_stage2), str(dpa_stage2), "--component", "target",

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llava_dpa.analysis.probes import layer_states
+from llava_dpa.analysis.probes import TokenSample, layer_states
 from llava_dpa.analysis.similarity import layer_similarity
 
 MODALITIES = ("visual", "text")
@@ -23,24 +23,16 @@ MODALITIES = ("visual", "text")
 def sample_tokens(view, probes, max_tokens: int = 2048, seed: int = 0) -> dict[str, torch.Tensor]:
     """{modality: [N, L, d]} — the same N tokens' states at layers 1..L."""
     generator = torch.Generator().manual_seed(seed)
-    kept = {m: [] for m in MODALITIES}
-    seen = {m: 0 for m in MODALITIES}
+    kept = {m: TokenSample(max_tokens, generator) for m in MODALITIES}
     for probe in tqdm(probes, desc=f"CKA states {view.name}"):
         states, visual, text = layer_states(view, probe)
         stacked = torch.stack(states, dim=1).float()  # [T, L, d]
         for m, mask in (("visual", visual), ("text", text)):
-            for row in stacked[mask]:
-                seen[m] += 1
-                if len(kept[m]) < max_tokens:
-                    kept[m].append(row)
-                else:
-                    j = int(torch.randint(seen[m], (1,), generator=generator))
-                    if j < max_tokens:
-                        kept[m][j] = row
+            kept[m].add(stacked[mask])
     for m in MODALITIES:
-        if len(kept[m]) < 4:
-            raise ValueError(f"only {len(kept[m])} {m} tokens over all probes; CKA needs at least 4 (add probes)")
-    return {m: torch.stack(kept[m]) for m in MODALITIES}
+        if len(kept[m].rows) < 4:
+            raise ValueError(f"only {len(kept[m].rows)} {m} tokens over all probes; CKA needs at least 4 (add probes)")
+    return {m: torch.stack(kept[m].rows) for m in MODALITIES}
 
 
 def _cosine(states: list[torch.Tensor]) -> torch.Tensor:
@@ -105,18 +97,14 @@ def plot_grid(results: list[tuple[str, dict]], path: str) -> None:
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import open_view, read_probes
+    from llava_dpa.analysis.probes import read_probes, views_from_args
 
     torch.manual_seed(args.seed)
     probes = read_probes(args.images, args.texts, args.image_folder, args.num_probes, args.seed)
-    components = args.component or ["target"] * len(args.checkpoint)
-    if len(components) != len(args.checkpoint):
-        raise ValueError("give --component once per checkpoint, or not at all")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results, summary = [], {}
-    for checkpoint, component in zip(args.checkpoint, components):
-        view = open_view(checkpoint, component, args.model_base, args.device)
+    for view in views_from_args(args):
         result = similarity_maps(sample_tokens(view, probes, args.max_tokens, args.seed), args.metric, args.debiased)
         results.append((view.name, result))
         stem = view.name.replace(":", "_")

@@ -22,33 +22,9 @@ import torch
 from tqdm import tqdm
 
 from llava_dpa.analysis.frechet import RunningMoments, frechet_distance
-from llava_dpa.analysis.probes import layer_states
+from llava_dpa.analysis.probes import TokenSample, layer_states
 
 MODALITIES = ("visual", "text")
-
-
-class _Reservoir:
-    """Uniform sample of at most `size` rows (Algorithm R), seeded."""
-
-    def __init__(self, size: int, generator: torch.Generator):
-        self.size, self.seen, self.rows, self.generator = size, 0, [], generator
-
-    def add(self, x: torch.Tensor) -> None:
-        for row in x:
-            self.seen += 1
-            if len(self.rows) < self.size:
-                self.rows.append(row.to(torch.float64))
-            else:
-                j = int(torch.randint(self.seen, (1,), generator=self.generator))
-                if j < self.size:
-                    self.rows[j] = row.to(torch.float64)
-
-    def median(self) -> torch.Tensor:
-        return torch.stack(self.rows).median(dim=0).values
-
-    @property
-    def exact(self) -> bool:
-        return self.seen <= self.size
 
 
 def _states(view, probes, desc):
@@ -63,7 +39,7 @@ def mir_per_layer(view, probes, median_sample: int = 4096, seed: int = 0) -> dic
     for states, visual, text in _states(view, probes, f"MIR pass 1/2 {view.name}"):
         if norms is None:
             norms = [{m: [] for m in MODALITIES} for _ in states]
-            reservoirs = [{m: _Reservoir(median_sample, generator) for m in MODALITIES} for _ in states]
+            reservoirs = [{m: TokenSample(median_sample, generator) for m in MODALITIES} for _ in states]
         for k, h in enumerate(states):
             for m, mask in (("visual", visual), ("text", text)):
                 tokens = h[mask].to(torch.float64)
@@ -78,7 +54,8 @@ def mir_per_layer(view, probes, median_sample: int = 4096, seed: int = 0) -> dic
             n = torch.cat(norms[k][m])
             if n.numel() < 2:
                 raise ValueError(f"only {n.numel()} {m} token(s) over all probes; add probes or longer texts")
-            entry[m] = {"median": n.median(), "std": n.std(unbiased=True), "vector": reservoirs[k][m].median()}
+            vector = torch.stack(reservoirs[k][m].rows).median(dim=0).values
+            entry[m] = {"median": n.median(), "std": n.std(unbiased=True), "vector": vector}
         entry["scale"] = 1.0 / torch.cat(norms[k]["text"]).mean().item()
         layers.append(entry)
 
@@ -136,18 +113,11 @@ def plot_curves(results: list[dict], path: str, title: str = "Modality gap per l
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import open_view, read_probes
+    from llava_dpa.analysis.probes import read_probes, views_from_args
 
     torch.manual_seed(args.seed)
     probes = read_probes(args.images, args.texts, args.image_folder, args.num_probes, args.seed)
-    results = []
-    components = args.component or ["target"] * len(args.checkpoint)
-    if len(components) != len(args.checkpoint):
-        raise ValueError("give --component once per checkpoint, or not at all")
-    for checkpoint, component in zip(args.checkpoint, components):
-        view = open_view(checkpoint, component, args.model_base, args.device)
-        results.append(mir_per_layer(view, probes, args.median_sample, args.seed))
-        del view
+    results = [mir_per_layer(view, probes, args.median_sample, args.seed) for view in views_from_args(args)]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(results, str(out / "mir.csv"))

@@ -149,3 +149,33 @@ def layer_states(view: LanguageModelView, probe: Probe):
     text = torch.zeros_like(visual)
     text[~visual] = keep_text
     return [h[0].detach().cpu() for h in out.hidden_states[1:]], visual, text
+
+
+class TokenSample:
+    """A seeded uniform sample of at most `size` rows from a stream (Algorithm R)."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.seen, self.rows, self.generator = size, 0, [], generator
+
+    def add(self, rows) -> None:
+        for row in rows:
+            self.seen += 1
+            if len(self.rows) < self.size:
+                self.rows.append(row)
+            else:
+                j = int(torch.randint(self.seen, (1,), generator=self.generator))
+                if j < self.size:
+                    self.rows[j] = row
+
+    @property
+    def exact(self) -> bool:
+        return self.seen <= self.size
+
+
+def views_from_args(args):
+    """The (checkpoint, component) views an `analyze mir|cka` command names, opened one at a time."""
+    components = args.component or ["target"] * len(args.checkpoint)
+    if len(components) != len(args.checkpoint):
+        raise ValueError("give --component once per checkpoint, or not at all")
+    for checkpoint, component in zip(args.checkpoint, components):
+        yield open_view(checkpoint, component, args.model_base, args.device)
