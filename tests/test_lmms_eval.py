@@ -96,8 +96,18 @@ def plugin(dpa_stage2):
     return LlavaDPA(pretrained=str(dpa_stage2), device="cpu")
 
 
-def test_template_comes_from_the_config(plugin, dpa_stage2):
+def test_template_comes_from_the_config(plugin, dpa_stage2, baseline_stage2, zoo):
+    from PIL import Image
+
     from llava_dpa.eval.lmms_model import LlavaDPA
+
+    baseline = LlavaDPA(pretrained=str(baseline_stage2), device="cpu")
+    assert baseline.conv_mode == "qwen_3" and type(baseline.model.get_vision_tower()).__name__ != type(
+        plugin.model.get_vision_tower()).__name__
+    image = Image.open(f"{zoo['images']}/img_000.png").convert("RGB")
+    reply = baseline.generate_until(_requests(baseline, [{"text": "What color is the shape?", "pil": image}],
+                                              lambda d: {"max_new_tokens": 3}))
+    assert len(reply) == 1 and isinstance(reply[0], str)
 
     assert plugin.conv_mode == json.loads((dpa_stage2 / "config.json").read_text())["conv_version"] == "qwen_3"
     assert plugin.prompt("Hi?", 1).startswith("<|im_start|>user\n<image>\nHi?<|im_end|>\n<|im_start|>assistant\n")
