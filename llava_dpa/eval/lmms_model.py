@@ -18,6 +18,7 @@ log-likelihood is the sum of the continuation's token log-probabilities.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -60,7 +61,11 @@ class LlavaDPA(lmms):
         ignored = {k: v for k, v in kwargs.items() if v is not None and k not in ("max_batch_size",)}
         if ignored:
             warnings.warn(f"llava_dpa ignores model_args {sorted(ignored)}")
-        device = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and device == "cuda":
+            # under `accelerate launch` each process takes its own GPU; lmms-eval shards the requests by rank
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        device = resolve_device(device)
         if dtype is None or dtype == "auto":
             torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
         elif dtype in _DTYPES:
@@ -80,6 +85,10 @@ class LlavaDPA(lmms):
     @property
     def model(self):
         return self._model
+
+    @property
+    def device(self):
+        return self._model.device
 
     @property
     def tokenizer(self):

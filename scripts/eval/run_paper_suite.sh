@@ -15,9 +15,9 @@
 # - LLM_ONLY=1: <checkpoint> is the original LLM; only the 3 text tasks run (the forgetting reference).
 #
 # Environment: MODEL_BASE (LoRA / projector-only checkpoints), CONV_TEMPLATE, DEVICE (cuda:0), DTYPE
-# (bfloat16), BATCH_SIZE (1), NUM_PROCESSES (1: >1 runs lmms-eval under accelerate), LIMIT (debug: N docs per
-# task), MM_TASKS / TEXT_TASKS / REDUX_TASK (override task lists), SKIP_MMLU_REDUX=1, PYTHON, DRY_RUN=1 (print
-# the commands only).
+# (bfloat16), BATCH_SIZE (1), NUM_PROCESSES (1; >1 runs lmms-eval under accelerate, one GPU per process),
+# LIMIT (debug: N docs per task), MM_TASKS / TEXT_TASKS / REDUX_TASK (override task lists),
+# SKIP_MMLU_REDUX=1, PYTHON, DRY_RUN=1 (print the commands only).
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: $0 <checkpoint> [output folder]" >&2
@@ -50,6 +50,7 @@ model_args="pretrained=$CKPT,dtype=$DTYPE"
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 if [ "$NUM_PROCESSES" -gt 1 ]; then
+  DEVICE=cuda  # the model binds each process to its LOCAL_RANK's GPU
   lmms=("$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_PROCESSES" -m lmms_eval)
 else
   lmms=("$PYTHON" -m lmms_eval)
