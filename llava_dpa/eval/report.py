@@ -162,7 +162,7 @@ def to_png(table: dict, path: str) -> None:
     cols = [c for c in table["columns"] if any(row[c] is not None for row in table["rows"].values())]
     models = list(table["rows"])
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(cols) * max(1, len(models) / 2)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(24, max(10, len(cols) * (0.5 + 0.1 * len(models)))), 5))
     for i, name in enumerate(models):
         values = [table["rows"][name][c] or 0.0 for c in cols]
         ax.bar([x + (i - (len(models) - 1) / 2) * width for x in range(len(cols))], values, width, label=name)
