@@ -218,8 +218,10 @@ def test_export_llm_text_path_equals_the_vlm_on_text(dpa_stage2, tmp_path):
 
     from llava_dpa.loading import load_pretrained_model
 
+    from llava_dpa.cli import main
+
     out = tmp_path / "llm"
-    run([PY, "-m", "llava_dpa.cli", "export-llm", str(dpa_stage2), str(out)])
+    assert main(["export-llm", str(dpa_stage2), str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qwen3" and not any(k.startswith("mm_") for k in config)
     with safe_open(str(out / "model.safetensors"), "pt") as f:
