@@ -119,7 +119,7 @@ def _copy_llm(src, dst, edit=None, dtype=None):
     return dst
 
 
-def test_update_density_and_intrusion_sanity(zoo, tmp_path):
+def test_update_density_and_intrusion_sanity(zoo, tmp_path, monkeypatch):
     from llava_dpa.analysis.update_report import WeightReader, compare
 
     base = WeightReader(zoo["qwen3_lm"])
@@ -127,7 +127,7 @@ def test_update_density_and_intrusion_sanity(zoo, tmp_path):
     total = sum(base.get(n).numel() for n in names)
     assert "lm_head.weight" not in names  # tied: counted once
     same = WeightReader(str(_copy_llm(zoo["qwen3_lm"], tmp_path / "same")))
-    r = compare(base, same, [1e-5], [0.5], 10, {})
+    r, = compare(base, [same], [1e-5], [0.5], 10)
     assert r["density"]["1e-05"]["total"] == 0 and r["intrusion"]["0.5"]["total"] == 0 and r["parameters"] == total
 
     target = "model.layers.0.mlp.down_proj.weight"
@@ -142,18 +142,20 @@ def test_update_density_and_intrusion_sanity(zoo, tmp_path):
         w["model.layers.1.self_attn.q_proj.weight"] += 100.0 * torch.outer(u, v)  # rank 1, above the top-10
 
     tuned = WeightReader(str(_copy_llm(zoo["qwen3_lm"], tmp_path / "tuned", perturb)))
-    cache = {}
-    r = compare(base, tuned, [1e-5, 1e-2], [0.5], 10, cache)
+    svd_calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: svd_calls.append(1) or real_svd(*a, **k))
+    r, again = compare(base, [tuned, tuned], [1e-5, 1e-2], [0.5], 10)
+    assert len(svd_calls) == 14 + 2 * 14 and again["density"] == r["density"]  # each base SVD once
     changed = base.get(target).numel() // 4
     assert r["density"]["1e-05"]["down_proj"] == pytest.approx(changed / (base.get(target).numel() * 2), rel=1e-6)
     assert r["density"]["1e-05"]["total"] == pytest.approx((changed + 1) / total, rel=1e-9)  # + the rank-1 entry
     assert r["density"]["0.01"]["down_proj"] == 0
     assert r["intrusion"]["0.5"]["total"] == 1 and r["intrusion"]["0.5"]["q_proj"] == 1
-    assert len(cache) == 2 * 7  # the base's SVDs, one per attention / MLP matrix, for reuse
 
     bf16 = WeightReader(str(_copy_llm(zoo["qwen3_lm"], tmp_path / "bf16", dtype=torch.bfloat16)))
     with pytest.raises(TypeError, match="dtypes differ"):
-        compare(base, bf16, [1e-5], [0.5], 10, {})
+        compare(base, [bf16], [1e-5], [0.5], 10)
 
 
 def test_updates_of_vlm_and_lora_checkpoints_against_the_base(zoo, baseline_stage2, tmp_path):

@@ -7,8 +7,8 @@
   dtype; a pair whose dtypes differ is refused (rounding would count as updates). LoRA / QLoRA / projector-only
   checkpoints are loaded and merged first (load_pretrained_model), in the base's stored dtype.
 - Update density per module type and in total, for every --tau; intrusion dimension (top-k left singular
-  vectors of each attention / MLP matrix) per module type, in total and per matrix, for every --epsilon. The
-  base's SVDs are computed once and reused for every tuned checkpoint and epsilon.
+  vectors of each attention / MLP matrix) per module type, in total and per matrix, for every --epsilon. All
+  tuned checkpoints are compared in one pass, so each base SVD is computed once.
 """
 from __future__ import annotations
 
@@ -77,52 +77,60 @@ class WeightReader:
         return self.get(next(iter(self.index))).dtype
 
 
-def compare(base: WeightReader, tuned: WeightReader, taus: list[float], epsilons: list[float], top_k: int,
-            svd_cache: dict, device: str = "cpu", label: str = "") -> dict:
-    missing = [n for n in base.names() if n not in tuned.index]
-    if missing:
-        raise KeyError(f"{len(missing)} base parameter(s) have no counterpart in {tuned.folder}, e.g. {missing[:3]}; "
-                       "is it a checkpoint of this base LLM?")
-    changed = {tau: {} for tau in taus}
+def compare(base: WeightReader, tuned: list[WeightReader], taus: list[float], epsilons: list[float], top_k: int,
+            device: str = "cpu") -> list[dict]:
+    """One pass over the base's parameters for every tuned model: each base matrix's SVD is computed once,
+    used for every tuned model and epsilon, then dropped (holding all of a 32B model's would not fit)."""
+    for reader in tuned:
+        missing = [n for n in base.names() if n not in reader.index]
+        if missing:
+            raise KeyError(f"{len(missing)} base parameter(s) have no counterpart in {reader.folder}, e.g. "
+                           f"{missing[:3]}; is it a checkpoint of this base LLM?")
     totals: dict[str, int] = {}
-    intruders = {eps: {} for eps in epsilons}
-    per_matrix = []
-    for name in tqdm(base.names(), desc=f"weights {label}"):
-        w0, w1 = base.get(name), tuned.get(name)
-        if w0.dtype != w1.dtype:
-            raise TypeError(f"{name}: dtypes differ ({w0.dtype} in {base.folder} vs {w1.dtype} in {tuned.folder}); "
-                            "compare checkpoints saved in the same dtype")
-        if w0.shape != w1.shape:
-            raise ValueError(f"{name}: shapes differ ({tuple(w0.shape)} vs {tuple(w1.shape)})")
+    changed = [{tau: {} for tau in taus} for _ in tuned]
+    intruders = [{eps: {} for eps in epsilons} for _ in tuned]
+    per_matrix = [[] for _ in tuned]
+    for name in tqdm(base.names(), desc="weights"):
+        w0 = base.get(name)
         kind = module_type(name)
         totals[kind] = totals.get(kind, 0) + w0.numel()
-        delta = (w1.to(device) - w0.to(device)).abs()
+        is_matrix = kind in MATRIX_TYPES and w0.ndim == 2
+        u0 = torch.linalg.svd(w0.to(device, torch.float64), full_matrices=False).U if is_matrix else None
+        for i, reader in enumerate(tuned):
+            w1 = reader.get(name)
+            if w0.dtype != w1.dtype:
+                raise TypeError(f"{name}: dtypes differ ({w0.dtype} in {base.folder} vs {w1.dtype} in "
+                                f"{reader.folder}); compare checkpoints saved in the same dtype")
+            if w0.shape != w1.shape:
+                raise ValueError(f"{name}: shapes differ ({tuple(w0.shape)} vs {tuple(w1.shape)})")
+            # float32 holds the difference of two bf16/fp16 values exactly
+            delta = (w1.to(device, torch.float32) - w0.to(device, torch.float32)).abs()
+            for tau in taus:
+                changed[i][tau][kind] = changed[i][tau].get(kind, 0) + int((delta > tau).sum())
+            if is_matrix:
+                u1 = torch.linalg.svd(w1.to(device, torch.float64), full_matrices=False).U[:, :top_k]
+                best = (u1.T @ u0).abs().max(dim=1).values
+                row = {"parameter": name, "module": kind}
+                for eps in epsilons:
+                    count = int((best < eps).sum())
+                    intruders[i][eps][kind] = intruders[i][eps].get(kind, 0) + count
+                    row[f"eps={eps:g}"] = count
+                per_matrix[i].append(row)
+    results = []
+    for i, reader in enumerate(tuned):
+        density = {}
         for tau in taus:
-            changed[tau][kind] = changed[tau].get(kind, 0) + int((delta > tau).sum())
-        if kind in MATRIX_TYPES and w0.ndim == 2:
-            if name not in svd_cache:
-                svd_cache[name] = torch.linalg.svd(w0.to(device, torch.float64), full_matrices=False).U
-            u0 = svd_cache[name]
-            u1 = torch.linalg.svd(w1.to(device, torch.float64), full_matrices=False).U[:, :top_k]
-            best = (u1.T @ u0).abs().max(dim=1).values
-            row = {"parameter": name, "module": kind}
-            for eps in epsilons:
-                count = int((best < eps).sum())
-                intruders[eps][kind] = intruders[eps].get(kind, 0) + count
-                row[f"eps={eps:g}"] = count
-            per_matrix.append(row)
-    density = {}
-    for tau in taus:
-        row = {kind: changed[tau][kind] / totals[kind] for kind in totals}
-        row["total"] = sum(changed[tau].values()) / sum(totals.values())
-        density[f"{tau:g}"] = row
-    intrusion = {}
-    for eps in epsilons:
-        row = dict(intruders[eps])
-        row["total"] = sum(intruders[eps].values())
-        intrusion[f"{eps:g}"] = row
-    return {"model": label, "density": density, "intrusion": intrusion, "per_matrix": per_matrix,
-            "parameters": sum(totals.values()), "top_k": top_k}
+            row = {kind: changed[i][tau].get(kind, 0) / totals[kind] for kind in totals}
+            row["total"] = sum(changed[i][tau].values()) / sum(totals.values())
+            density[f"{tau:g}"] = row
+        intrusion = {}
+        for eps in epsilons:
+            row = {kind: intruders[i][eps].get(kind, 0) for kind in MATRIX_TYPES if kind in totals}
+            row["total"] = sum(row.values())
+            intrusion[f"{eps:g}"] = row
+        results.append({"model": reader.folder.name, "density": density, "intrusion": intrusion,
+                        "per_matrix": per_matrix[i], "parameters": sum(totals.values()), "top_k": top_k})
+    return results
 
 
 def _floats(text: str) -> list[float]:
@@ -137,11 +145,8 @@ def run(args) -> int:
     base = WeightReader(args.base)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    cache: dict = {}
-    results = []
-    for folder in args.tuned:
-        tuned = WeightReader(folder, args.model_base or args.base, dtype=base.dtype())
-        results.append(compare(base, tuned, taus, epsilons, args.top_k, cache, args.device, Path(folder).name))
+    tuned = [WeightReader(folder, args.model_base or args.base, dtype=base.dtype()) for folder in args.tuned]
+    results = compare(base, tuned, taus, epsilons, args.top_k, args.device)
     (out / "updates.json").write_text(json.dumps(results, indent=1))
     with open(out / "updates.csv", "w", newline="") as f:
         writer = csv.writer(f)
