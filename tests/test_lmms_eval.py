@@ -245,7 +245,8 @@ def test_paper_suite_commands():
                      "mathvision_test", "ocrbench", "ai2d", "openai_math", "gpqa_diamond_openai"]
     assert "--model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16" in full[0]
     assert full[1] == "+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path"
-    assert "lm_eval --model hf --model_args pretrained=/o/text_path" in full[2] and "mmlu_redux_generative" in full[2]
+    assert "lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False" in full[2]
+    assert "--tasks mmlu_redux_generative --apply_chat_template" in full[2]
     assert full[3] == "+ py -m llava_dpa.cli report /o"
     llm = run(["bash", str(REPO / "scripts/eval/run_paper_suite.sh"), "/base/qwen3", "/o"],
               env=dict(env, LLM_ONLY="1", MODEL_BASE="")).stdout.splitlines()

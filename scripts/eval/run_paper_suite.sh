@@ -75,7 +75,10 @@ if [ -z "${SKIP_MMLU_REDUX:-}" ]; then
       run "$PYTHON" -m llava_dpa.cli export-llm "${export_args[@]}"
     fi
   fi
-  run "$PYTHON" -m lm_eval --model hf --model_args "pretrained=$text_model,dtype=$DTYPE" --tasks "$REDUX_TASK" \
+  # enable_thinking=False: the prompt the qwen_3 template gives in training and in lmms-eval (other
+  # families' chat templates ignore it)
+  run "$PYTHON" -m lm_eval --model hf --model_args "pretrained=$text_model,dtype=$DTYPE,enable_thinking=False" \
+      --tasks "$REDUX_TASK" \
       --apply_chat_template --device "$DEVICE" --batch_size "$BATCH_SIZE" --output_path "$OUT/lm_eval" \
       --log_samples "${limit[@]}"
 fi
