@@ -2,6 +2,7 @@
 against the base LLM, cost/FLOPs and the throughput bench."""
 import csv
 import json
+import math
 import shutil
 
 import pytest
@@ -88,7 +89,7 @@ def test_analyze_mir_overlays_target_baseline_and_perceiver(dpa_stage2, baseline
     names = [dpa_stage2.name, baseline_stage2.name, f"{dpa_stage2.name}:perceiver"]
     assert sorted(set(models)) == sorted(names) and models.count(names[0]) == 2
     results = json.loads((out / "mir.json").read_text())
-    assert all(r["mir"] == pytest.approx(__import__("math").log10(sum(r["fd"]))) for r in results)
+    assert all(r["mir"] == pytest.approx(math.log10(sum(r["fd"]))) for r in results)
     assert (out / "mir.png").read_bytes()[:4] == b"\x89PNG"
     # a baseline has no perceiver
     assert main(["analyze", "mir", str(baseline_stage2), "--component", "perceiver", "--images", zoo["images"],
@@ -252,5 +253,5 @@ def test_mir_callback_records_during_training(zoo, perceiver, dpa_stage1, texts,
         "--mir_probe_texts", texts, "--mir_probe_count", "12"])[3:])
     rows = list(csv.DictReader((out / "mir_history.csv").open()))
     assert [r["step"] for r in rows] == ["1", "2"]
-    assert all(float(r["mir"]) == pytest.approx(__import__("math").log10(float(r["fd_layer_1"]) + float(r["fd_layer_2"])),
+    assert all(float(r["mir"]) == pytest.approx(math.log10(float(r["fd_layer_1"]) + float(r["fd_layer_2"])),
                                                  abs=1e-5) for r in rows)

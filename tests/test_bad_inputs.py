@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import llava_dpa  # noqa: F401
-from conftest import PY, run, train_cmd
+from conftest import run, train_cmd
 from llava import conversation as conversation_lib
 from llava_dpa.data.dataset import LazySupervisedDataset, SampleError
 from llava_dpa.towers.registry import build_vision_tower

@@ -43,15 +43,13 @@ def test_local_task_folder(local_tasks, zoo):
     docs = json.loads((folder / "zoo_mc.json").read_text())
     assert len(docs) == 24 and all(d["image"].startswith("/") for d in docs)
     assert "output_type: multiple_choice" in (folder / "zoo_mc_loglik.yaml").read_text()
-    from llava_dpa.eval.lmms_tasks import doc_to_target, process_mc, process_short
+    from llava_dpa.eval.lmms_tasks import doc_to_target, process_mc, process_short, write_task
 
     assert doc_to_target(docs[0]) == "ABC".index(docs[0]["answer"])
     # exact match normalises punctuation away; ANLS (as defined for DocVQA) only case and outer spaces
     assert process_short({"answer": ["red"]}, ["Red."]) == {"exact_match": 1.0, "anls": 0.75}
     assert process_mc({"answer": "B", "choices": ["x", "y"]}, ["B. y"]) == {"accuracy": 1.0}
     with pytest.raises(ValueError, match="pass --images"):
-        from llava_dpa.eval.lmms_tasks import write_task
-
         write_task(zoo["benchmark"], None, str(folder / "x"), "x")
 
 

@@ -8,7 +8,6 @@ initialised projector. `--random-lm-init` re-initialises the LM blocks with the 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import torch
 import transformers
 from llava.train.llava_trainer import LLaVATrainer
 from transformers import TrainerCallback
