@@ -55,18 +55,29 @@ def test_delta_rows_and_forgetting_reductions(paper_scores):
     assert round(big["forgetting"]["DPA-Qwen3-32B vs LLaVA-NeXT-Qwen3-32B"]["relative_reduction"] * 100, 1) == 21.6
 
 
-def test_cli_formats_and_errors(paper_scores, tmp_path):
+def test_cli_formats_and_errors(paper_scores, tmp_path, capsys):
+    from llava_dpa.cli import main
+
+    def cli(*args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     path = tmp_path / "scores.json"
     path.write_text(json.dumps(paper_scores))
-    cli = [PY, "-m", "llava_dpa.cli", "report", str(path), "--pair", "DPA-Qwen3-4B=LLaVA-NeXT-Qwen3-4B", "--llm", "Qwen3-4B"]
-    md = run(cli).stdout
+    base = ["report", str(path), "--pair", "DPA-Qwen3-4B=LLaVA-NeXT-Qwen3-4B", "--llm", "Qwen3-4B"]
+    code, md, _ = cli(*base)
+    assert code == 0
     assert "| DPA-Qwen3-4B | 42.7 |" in md and "(32.9% relative)" in md and "| Δ DPA-Qwen3-4B - LLaVA-NeXT-Qwen3-4B |" in md
-    csv_text = run(cli + ["--format", "csv"]).stdout
+    csv_text = cli(*base, "--format", "csv")[1]
     assert csv_text.splitlines()[0].startswith("model,MMVet,MMStar,SeedBench2Plus,General")
-    data = json.loads(run(cli + ["--format", "json"]).stdout)
+    data = json.loads(cli(*base, "--format", "json")[1])
     assert data["rows"]["DPA-Qwen3-4B"]["Perception"] == pytest.approx(72.35)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"m": {"MMBench": 1.0}}))
+    code, _, err = cli("report", str(bad))
+    assert code == 2 and "unknown benchmark name(s) ['MMBench']" in err
+    # the console script is the same function
     proc = run([PY, "-m", "llava_dpa.cli", "report", str(bad)], check=False)
     assert proc.returncode == 2 and "unknown benchmark name(s) ['MMBench']" in proc.stderr
 
