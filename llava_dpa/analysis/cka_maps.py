@@ -73,7 +73,7 @@ def similarity_maps(tokens: dict[str, torch.Tensor], metric: str = "cka", debias
 
 def plot_grid(results: list[tuple[str, dict]], path: str) -> None:
     """One row per checkpoint, one column per modality."""
-    from llava_dpa.analysis.plots import pyplot
+    from llava_dpa.analysis.plots import pyplot, save
 
     plt = pyplot()
     rows = len(results)
@@ -91,16 +91,13 @@ def plot_grid(results: list[tuple[str, dict]], path: str) -> None:
             ax.set_xlabel("layer")
             ax.set_ylabel("layer")
             fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save(fig, path)
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import read_probes, views_from_args
+    from llava_dpa.analysis.probes import probes_from_args, views_from_args
 
-    torch.manual_seed(args.seed)
-    probes = read_probes(args.images, args.texts, args.image_folder, args.num_probes, args.seed)
+    probes = probes_from_args(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results, summary = [], {}

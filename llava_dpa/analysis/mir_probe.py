@@ -94,7 +94,7 @@ def write_csv(results: list[dict], path: str) -> None:
 
 def plot_curves(results: list[dict], path: str, title: str = "Modality gap per layer") -> None:
     """Figure 5 style: FD_k against the relative layer depth, one curve per checkpoint (depths differ)."""
-    from llava_dpa.analysis.plots import pyplot
+    from llava_dpa.analysis.plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -107,16 +107,13 @@ def plot_curves(results: list[dict], path: str, title: str = "Modality gap per l
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save(fig, path)
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import read_probes, views_from_args
+    from llava_dpa.analysis.probes import probes_from_args, views_from_args
 
-    torch.manual_seed(args.seed)
-    probes = read_probes(args.images, args.texts, args.image_folder, args.num_probes, args.seed)
+    probes = probes_from_args(args)
     results = [mir_per_layer(view, probes, args.median_sample, args.seed) for view in views_from_args(args)]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

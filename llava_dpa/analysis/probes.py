@@ -172,6 +172,11 @@ class TokenSample:
         return self.seen <= self.size
 
 
+def probes_from_args(args) -> list[Probe]:
+    torch.manual_seed(args.seed)
+    return read_probes(args.images, args.texts, args.image_folder, args.num_probes, args.seed)
+
+
 def views_from_args(args):
     """The (checkpoint, component) views an `analyze mir|cka` command names, opened one at a time."""
     components = args.component or ["target"] * len(args.checkpoint)

@@ -156,7 +156,7 @@ def to_csv(table: dict) -> str:
 
 def to_png(table: dict, path: str) -> None:
     """Grouped bars: one group per benchmark and average, one bar per model (the Δ rows are left out)."""
-    from llava_dpa.analysis.plots import pyplot
+    from llava_dpa.analysis.plots import pyplot, save
 
     plt = pyplot()
     cols = [c for c in table["columns"] if any(row[c] is not None for row in table["rows"].values())]
@@ -175,9 +175,7 @@ def to_png(table: dict, path: str) -> None:
     ax.legend(fontsize=8)
     title = "; ".join(f"{k}: forgetting {v['relative_reduction']:.1%} lower" for k, v in table["forgetting"].items())
     ax.set_title(title or "Benchmarks (shaded: averages)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save(fig, path)
 
 
 def register(sub) -> None:
