@@ -112,8 +112,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
 
     _add_llava_tokens(model, tokenizer)
     tower = model.get_vision_tower()
-    if hasattr(tower, "attach_tokenizers"):
-        tower.attach_tokenizers(tokenizer, os.path.join(model_path, "perceiver_tokenizer"))
+    tower.attach_tokenizers(tokenizer, perceiver_tokenizer_dir=os.path.join(model_path, "perceiver_tokenizer"))
     if tower_in_checkpoint:
         tower.mark_loaded()
     elif not tower.is_loaded:

@@ -93,18 +93,14 @@ def open_view(checkpoint: str, component: str = "target", model_base: str | None
     name = Path(checkpoint).name
     if component == "perceiver":
         tower = model.get_vision_tower()
-        if not hasattr(tower, "perceiver"):
+        if not tower.is_perceiver:
             raise ValueError(f"{checkpoint} has no perceiver (its tower is {type(tower).__name__}); "
                              "--component perceiver needs a DPA checkpoint")
-        if tower.perceiver_tokenizer is None:
-            from transformers import AutoTokenizer
-
-            candidates = [Path(checkpoint) / "perceiver_tokenizer", Path(tower.perceiver_path)]
-            source = next((c for c in candidates if (c / "tokenizer_config.json").is_file()), None)
-            if source is None:
-                raise ValueError(f"{checkpoint}: the perceiver's tokenizer is in none of {[str(c) for c in candidates]}; "
-                                 "copy the perceiver's tokenizer files into the first")
-            tower.perceiver_tokenizer = AutoTokenizer.from_pretrained(source)
+        folder = Path(checkpoint) / "perceiver_tokenizer"
+        try:
+            tower.attach_tokenizers(tokenizer, perceiver_tokenizer_needed=True, perceiver_tokenizer_dir=str(folder))
+        except ValueError as exc:
+            raise ValueError(f"{checkpoint}: {exc}; copy the perceiver's tokenizer files into {folder}") from None
         inner = tower.perceiver
         mode = resolve_conv_mode(inner.config, conv_mode, conv_templates.keys())
         return LanguageModelView(inner, tower.perceiver_tokenizer, mode, tower.image_processor, f"{name}:perceiver")

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 
+from typing import Optional
+
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -26,6 +28,25 @@ logger = logging.getLogger("llava_dpa.data")
 
 class SampleError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the dataset needs to turn a LLaVA record into model inputs, held by the dataset (the
+    conversation template included: LLaVA's global `default_conversation` is never read)."""
+    conversation: object                      # a llava.conversation.Conversation template
+    image_folder: Optional[str] = None
+    image_aspect_ratio: str = "square"
+    image_grid_pinpoints: Optional[list] = None
+    image_processor: object = None
+    tokens_per_image: int = 0
+    mm_use_im_start_end: bool = False
+    strict: bool = False
+    perceiver_aux: object = None              # perceiver.aux_loss.PerceiverAuxData when the auxiliary loss is on
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.image_processor is not None
 
 
 def load_records(data_path: str) -> list[dict]:
@@ -54,10 +75,10 @@ def expand2square(pil_img, background_color):
     return result
 
 
-def process_image(image, processor, data_args):
-    mode = data_args.image_aspect_ratio
+def process_image(image, processor, spec: DataSpec):
+    mode = spec.image_aspect_ratio
     if mode == "anyres":
-        return process_anyres_image(image, processor, data_args.image_grid_pinpoints)
+        return process_anyres_image(image, processor, spec.image_grid_pinpoints)
     if mode == "pad":
         image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
     elif mode not in ("square", None):
@@ -79,14 +100,13 @@ def move_single_placeholder_first(conversations, mm_use_im_start_end: bool):
 
 
 class LazySupervisedDataset(Dataset):
-    """Same constructor as llava.train.train.LazySupervisedDataset."""
-
-    def __init__(self, data_path: str, tokenizer, data_args):
+    def __init__(self, data_path: str, tokenizer, spec: DataSpec):
         super().__init__()
+        self.data_path = data_path
         self.list_data_dict = load_records(data_path)
         self.tokenizer = tokenizer
-        self.data_args = data_args
-        self.strict = bool(getattr(data_args, "strict_data", False))
+        self.spec = spec
+        self.strict = spec.strict
         # Shared with DataLoader worker processes so the trainer can log the total.
         self._skipped = multiprocessing.Value("i", 0)
 
@@ -125,11 +145,11 @@ class LazySupervisedDataset(Dataset):
                 with self._skipped.get_lock():
                     self._skipped.value += 1
                 logger.warning("skipping %s (--strict_data True would stop here)", exc)
-        raise SampleError(f"every sample in {getattr(self.data_args, 'data_path', 'the data')} is invalid")
+        raise SampleError(f"every sample in {self.data_path} is invalid")
 
     # ---- one sample --------------------------------------------------------------------------------
     def load_image(self, i: int, image_file: str):
-        folder = self.data_args.image_folder or ""
+        folder = self.spec.image_folder or ""
         path = os.path.join(folder, image_file)
         if not os.path.isfile(path):
             raise SampleError(f"{self.sample_name(i)}: image {path} does not exist (check --image_folder)")
@@ -140,8 +160,9 @@ class LazySupervisedDataset(Dataset):
             raise SampleError(f"{self.sample_name(i)}: image {path} cannot be read ({exc})") from None
 
     def get_sample(self, i: int) -> dict:
-        from llava.train.train import preprocess
+        from llava_dpa.data.preprocess import preprocess
 
+        spec = self.spec
         sample = self.list_data_dict[i]
         name = self.sample_name(i)
         conversations = copy.deepcopy(sample.get("conversations"))
@@ -154,24 +175,24 @@ class LazySupervisedDataset(Dataset):
         if not files and placeholders:
             raise SampleError(f"{name}: the text has {placeholders} <image> placeholder(s) but the sample has no 'image'")
 
-        processor = getattr(self.data_args, "image_processor", None)
+        processor = spec.image_processor
         images, sizes = [], []
         for f in files:
             image = self.load_image(i, f)
             sizes.append(image.size)
-            images.append(process_image(image, processor, self.data_args))
+            images.append(process_image(image, processor, spec))
         if len(files) == 1:
-            conversations = move_single_placeholder_first(conversations, getattr(self.data_args, "mm_use_im_start_end", False))
+            conversations = move_single_placeholder_first(conversations, spec.mm_use_im_start_end)
 
         try:
-            data = preprocess([conversations], self.tokenizer, has_image=bool(files))
+            data = preprocess([conversations], self.tokenizer, spec.conversation, has_image=bool(files))
         except (ValueError, AssertionError, KeyError) as exc:
             raise SampleError(f"{name}: {type(exc).__name__}: {exc}") from None
         input_ids, labels = data["input_ids"][0], data["labels"][0]
         if (labels != IGNORE_INDEX).sum() == 0:
             raise SampleError(f"{name}: no target tokens after preprocessing (is the reply empty?)")
 
-        per_image = getattr(self.data_args, "tokens_per_image", 0)
+        per_image = spec.tokens_per_image
         total = int((input_ids != IMAGE_TOKEN_INDEX).sum()) + per_image * len(files)
         max_len = self.tokenizer.model_max_length
         if total > max_len:
@@ -179,10 +200,10 @@ class LazySupervisedDataset(Dataset):
                               f"{len(files)}) exceeds --model_max_length {max_len}; raise it or drop the sample")
 
         out = dict(input_ids=input_ids, labels=labels)
-        aux = getattr(self.data_args, "perceiver_aux", None)
+        aux = spec.perceiver_aux
         if aux is not None:  # the same conversation in the perceiver's own tokenization, for its LM loss
             out["perceiver_input_ids"], out["perceiver_labels"] = aux.tokenize(conversations, has_image=bool(files), name=name)
-        if processor is not None and getattr(self.data_args, "is_multimodal", False):
+        if spec.is_multimodal:
             if not images:
                 side = processor.crop_size["height"]
                 images, sizes = [torch.zeros(3, side, side)], [(side, side)]
@@ -227,8 +248,24 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def make_supervised_data_module(tokenizer, data_args) -> dict:
-    dataset = LazySupervisedDataset(tokenizer=tokenizer, data_path=data_args.data_path, data_args=data_args)
-    aux = getattr(data_args, "perceiver_aux", None)
+def make_supervised_data_module(tokenizer, data_path: str, spec: DataSpec) -> dict:
+    dataset = LazySupervisedDataset(data_path, tokenizer, spec)
+    aux = spec.perceiver_aux
     collator = DataCollatorForSupervisedDataset(tokenizer, perceiver_pad_id=aux.pad_id if aux else 0)
     return dict(train_dataset=dataset, eval_dataset=None, data_collator=collator)
+
+
+def llava_data_module(tokenizer, data_args) -> dict:
+    """llava.train.train.make_supervised_data_module's contract (patches/02-train-delegate.patch): its
+    data_args carry the image processor, and its template is LLaVA's global default."""
+    from llava import conversation as conversation_lib
+
+    from llava_dpa.training.run_config import parse_pinpoints
+
+    spec = DataSpec(conversation=conversation_lib.default_conversation, image_folder=data_args.image_folder,
+                    image_aspect_ratio=data_args.image_aspect_ratio,
+                    image_grid_pinpoints=parse_pinpoints(getattr(data_args, "image_grid_pinpoints", None)),
+                    image_processor=getattr(data_args, "image_processor", None) if data_args.is_multimodal else None,
+                    mm_use_im_start_end=getattr(data_args, "mm_use_im_start_end", False),
+                    strict=getattr(data_args, "strict_data", False))
+    return make_supervised_data_module(tokenizer, data_args.data_path, spec)

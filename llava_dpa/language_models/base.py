@@ -19,17 +19,13 @@ class LlavaCausalLMMixin:
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, image_sizes=None):
-        tower = self.get_vision_tower()
-        uses_context = (images is not None and input_ids is not None and input_ids.shape[1] != 1
-                        and getattr(tower, "instruction_context", False))
-        if uses_context:
-            tower.set_contexts(input_ids, attention_mask, images, self.config)
-        try:
-            return super().prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
-                                                                past_key_values, labels, images, image_sizes)
-        finally:
-            if uses_context:
-                tower.clear_contexts()
+        # What the tower reads besides the images (the perceiver's instruction context) is computed from this
+        # call's own inputs and passed down as an argument (patches/11-tower-inputs.patch).
+        tower_inputs = None
+        if images is not None and input_ids is not None and input_ids.shape[1] != 1:
+            tower_inputs = self.get_vision_tower().tower_inputs(input_ids, attention_mask, images)
+        return super().prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask, past_key_values,
+                                                            labels, images, image_sizes, tower_inputs=tower_inputs)
 
     def forward(self, input_ids: torch.LongTensor = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.LongTensor] = None, past_key_values=None,
@@ -54,13 +50,14 @@ class LlavaCausalLMMixin:
         return out
 
     def _add_perceiver_aux_loss(self, out, input_ids, attention_mask, labels, images, image_sizes):
-        """loss = target loss + λ * the perceiver's own LM loss on the same conversation (see perceiver.aux_loss)."""
+        """loss = target loss + λ * the perceiver's own LM loss on the same conversation (see perceiver.aux_loss);
+        λ is the run's, recorded in the config."""
         tower = self.get_vision_tower()
         aux = tower.perceiver(input_ids=input_ids, attention_mask=attention_mask, labels=labels, images=images,
                               image_sizes=image_sizes, use_cache=False).loss
         out.target_loss = out.loss.detach()
         out.perceiver_aux_loss = aux.detach()
-        out.loss = out.loss + tower.aux_loss_weight * aux
+        out.loss = out.loss + float(getattr(self.config, "perceiver_aux_loss_weight", 0.0)) * aux
         return out
 
     @torch.no_grad()

@@ -41,7 +41,7 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
 
         load_projector_state(model, projector_weights)
     tower = model.get_vision_tower()
-    for key, value in tower.embedded_config().items():
+    for key, value in tower.config_entries().items():
         setattr(model.config, key, value)
     from llava.conversation import conv_templates
 
@@ -55,6 +55,27 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(language_model).save_pretrained(out)
+    return out
+
+
+def reinitialise_perceiver_lm(perceiver: str, output: str, seed: int = 0) -> Path:
+    """A trained perceiver with its LM blocks re-initialised; its ViT and projector keep their trained weights
+    (Table 4 "w/o perceiver LM pre-training", read as Section 4.2 states its ablations: from the 1M perceiver)."""
+    from transformers import AutoTokenizer
+
+    from llava_dpa.loading import load_pretrained_model
+
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new --output")
+    _, model, _, _ = load_pretrained_model(perceiver, None, None, device="cpu", dtype=torch.float32)
+    if model.get_vision_tower().is_perceiver:
+        raise ValueError(f"{perceiver} is a DPA model, not a perceiver VLM; pass the perceiver's own folder")
+    reinitialise_language_model(model, seed)
+    model.config.perceiver_origin = {"reinitialised_lm_of": perceiver, "seed": seed}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(perceiver).save_pretrained(out)
     return out
 
 
@@ -82,3 +103,9 @@ def register(sub) -> None:
     p.add_argument("--projector-weights", default=None, help="a stage-1 mm_projector.bin to load into the projector")
     p.set_defaults(func=lambda a: print(make_perceiver(a.vision, a.language_model, a.output, a.projector, a.version,
                                                        a.select_layer, a.seed, a.random_lm_init, a.projector_weights)))
+
+    p = sub.add_parser("reinit-perceiver-lm", help="a trained perceiver with its LM blocks re-initialised (ablation)")
+    p.add_argument("perceiver", help="a trained perceiver VLM folder")
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: print(reinitialise_perceiver_lm(a.perceiver, a.output, a.seed)))

@@ -25,12 +25,11 @@ from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 _ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.S)
 
 
-def turn_end_ids(tokenizer, config) -> set[int]:
+def turn_end_ids(tokenizer, version: str | None) -> set[int]:
     """Token ids that end a turn: the template's separator token and the tokenizer's EOS."""
     ends = set()
     from llava.conversation import conv_templates
 
-    version = getattr(config, "conv_version", None)
     sep = conv_templates[version].sep if version in conv_templates else None
     for text in (sep, tokenizer.eos_token):
         if text:

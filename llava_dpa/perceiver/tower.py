@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from llava_dpa.towers import weights as W
-from llava_dpa.towers.base import VisionTower, attention_implementation
-from llava_dpa.towers.registry import DPA_PREFIX
+from llava_dpa.towers.base import VisionTower
+
+#: `--vision_tower dpa:<dir>` selects the perceiver explicitly.
+DPA_PREFIX = "dpa:"
 
 
 class PerceiverError(ValueError):
@@ -30,36 +32,40 @@ def strip_prefix(name: str) -> str:
 
 class PerceiverTower(VisionTower):
     model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
+    encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.*
+    is_perceiver = True
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
-        # Not VisionTower.__init__: the perceiver's config is a whole VLM (with its own tower inside), its
-        # select layer is --dpa_select_layer, and its image processor is its ViT's.
-        torch.nn.Module.__init__(self)
-        self.vision_tower_name = vision_tower
-        self.perceiver_path = strip_prefix(vision_tower)
-        self.is_loaded = False
-        self.weight_loads = 0
-        self.select_layer = getattr(args, "dpa_select_layer", None)
-        self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
-        self.aux_loss_weight = 0.0  # set by the trainer for the stages that use the auxiliary loss
-
-        embedded = getattr(args, "mm_vision_tower_config", None)
-        self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(self.perceiver_path)
-        if "mm_vision_tower" not in self.tower_config_dict:
-            raise PerceiverError(f"{self.perceiver_path} is not a LLaVA-format VLM (its config has no mm_vision_tower)")
-        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
-        self.prefix_ids = list(recorded) if recorded is not None else self.read_prefix_ids()
-
-        self.perceiver = self.build_model(self.tower_config_dict)
-        self.perceiver.requires_grad_(False)
-        self.processor_dict = self.vit.processor_dict
-        self.image_processor = self.vit.image_processor
+        super().__init__(vision_tower, args, delay_load=delay_load)
         self.register_buffer("prefix", torch.tensor(self.prefix_ids, dtype=torch.long), persistent=False)
         layers = self.perceiver.config.num_hidden_layers
         if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
             raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
-        if not delay_load:
-            self.load_model()
+
+    @property
+    def source_path(self) -> str:
+        return strip_prefix(self.vision_tower_name)
+
+    @property
+    def perceiver_path(self) -> str:
+        return self.source_path
+
+    def read_options(self, args) -> None:
+        if "mm_vision_tower" not in self.tower_config_dict:
+            raise PerceiverError(f"{self.perceiver_path} is not a LLaVA-format VLM (its config has no mm_vision_tower)")
+        self.select_layer = getattr(args, "dpa_select_layer", None)
+        self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
+        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
+        self.prefix_ids = list(recorded) if recorded is not None else self.read_prefix_ids()
+        # the target's template (its turn ends delimit the instruction): LLaVA's flag, or a checkpoint's config
+        self.conv_version = getattr(args, "conv_version", None) or getattr(args, "version", None)
+        self.target_tokenizer = None
+        self.perceiver_tokenizer = None
+
+    def read_processor_dict(self, perceiver_path: str) -> dict:
+        """The perceiver ViT's processor settings, recorded in the perceiver's config by its training."""
+        recorded = self.tower_config_dict.get("mm_vision_tower_processor")
+        return dict(recorded) if recorded else super().read_processor_dict(self.tower_config_dict["mm_vision_tower"])
 
     # ---- construction --------------------------------------------------------------------------------
     def build_model(self, config_dict: dict):
@@ -67,7 +73,8 @@ class PerceiverTower(VisionTower):
 
         cls = target_class_for(config_dict["model_type"])
         config = cls.config_class.from_dict({k: v for k, v in config_dict.items() if k != "model_type"})
-        config._attn_implementation = attention_implementation()
+        config._attn_implementation = self.attn_implementation
+        config.tower_attn_implementation = self.attn_implementation  # its own ViT's
         if not config.to_dict().get("mm_vision_tower_config") and not os.path.exists(config.mm_vision_tower):
             raise PerceiverError(f"the perceiver's own ViT {config.mm_vision_tower} is neither recorded in its config "
                                  f"nor present on disk")
@@ -75,6 +82,9 @@ class PerceiverTower(VisionTower):
 
     def build_image_processor(self, processor_dict):  # the perceiver ViT's processor is used as is
         return self.vit.image_processor
+
+    def validate_select_feature(self) -> None:
+        pass
 
     def read_prefix_ids(self) -> list[int]:
         from transformers import AutoTokenizer
@@ -93,16 +103,10 @@ class PerceiverTower(VisionTower):
     def vit(self):
         return self.perceiver.get_model().get_vision_tower()
 
-    def record_in_config(self, config, model_args=None) -> None:
+    def config_entries(self) -> dict:
         """What the target's config keeps so the tower is rebuilt the same way from the checkpoint alone."""
-        config.mm_perceiver_prefix_ids = self.prefix_ids
-        config.dpa_select_layer = self.select_layer
-        config.perceiver_instruction_context = self.instruction_context
-        if model_args is not None:
-            config.freeze_perceiver = bool(getattr(model_args, "freeze_perceiver", False))
-
-    def embedded_config(self) -> dict:
-        return {"mm_vision_tower_config": self.tower_config_dict, "mm_vision_tower_processor": self.processor_dict}
+        return {**super().config_entries(), "mm_perceiver_prefix_ids": self.prefix_ids,
+                "dpa_select_layer": self.select_layer, "perceiver_instruction_context": self.instruction_context}
 
     # ---- weights -------------------------------------------------------------------------------------
     def load_model(self, device_map=None):
@@ -127,21 +131,13 @@ class PerceiverTower(VisionTower):
         self.vit.mark_loaded()
         self.is_loaded = True
 
-    def set_trainable(self, model_args) -> None:
-        """Stage 2 trains the whole perceiver (ViT, projector, LM blocks) unless --freeze_perceiver True.
-        The LM head is unused by the features, so it stays frozen unless an auxiliary loss needs it."""
-        frozen = bool(getattr(model_args, "freeze_perceiver", False))
-        self.perceiver.requires_grad_(not frozen)
-        if not frozen and not getattr(model_args, "perceiver_aux_loss_weight", 0.0):
-            if not getattr(self.perceiver.config, "tie_word_embeddings", False):
-                self.perceiver.lm_head.requires_grad_(False)
-
     # ---- features ------------------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode(self, pixel_values: torch.Tensor, contexts: list[list[int]] | None = None) -> torch.Tensor:
+        """Per tile: [prefix] (+ [instruction context]) + [projected ViT tokens] through the perceiver LM;
+        `contexts` (one token-id list per tile) replaces the prefix when the instruction context is on."""
         inner = self.perceiver.get_model()
         visual = inner.mm_projector(self.vit(pixel_values))
         n, tokens, _ = visual.shape
-        contexts = self._context_ids
         if contexts is None:  # instruction-agnostic: the same prefix for every tile
             prefix = inner.embed_tokens(self.prefix.to(visual.device)).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
             inputs, mask, positions, start = torch.cat([prefix, visual], dim=1), None, None, prefix.shape[1]
@@ -167,38 +163,41 @@ class PerceiverTower(VisionTower):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return inputs, mask, positions, width
 
-    # ---- instruction context (early fusion) ------------------------------------------------------------
-    _context_ids = None
-    target_tokenizer = None
-    perceiver_tokenizer = None
-
-    def attach_tokenizers(self, target_tokenizer, perceiver_tokenizer_source: str | None = None) -> None:
-        """The target's tokenizer decodes the instruction; the perceiver's re-encodes it."""
+    # ---- instruction context (early fusion) and the auxiliary loss -------------------------------------
+    def attach_tokenizers(self, target_tokenizer, *, perceiver_tokenizer_needed: bool = False,
+                          perceiver_tokenizer_dir: str | None = None):
+        """The target's tokenizer decodes the instruction; the perceiver's re-encodes it (and tokenizes the
+        auxiliary loss's conversation)."""
         self.target_tokenizer = target_tokenizer
-        if (self.instruction_context or self.aux_loss_weight) and self.perceiver_tokenizer is None:
+        if (self.instruction_context or perceiver_tokenizer_needed) and self.perceiver_tokenizer is None:
             from transformers import AutoTokenizer
 
-            candidates = [c for c in (perceiver_tokenizer_source, self.perceiver_path) if c]
+            candidates = [c for c in (perceiver_tokenizer_dir, self.perceiver_path) if c]
             source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
             if source is None:
                 raise PerceiverError(f"the instruction context and the auxiliary loss need the perceiver's tokenizer; "
                                      f"none in {candidates}")
             self.perceiver_tokenizer = AutoTokenizer.from_pretrained(source)
 
-    def save_perceiver_tokenizer(self, output_dir: str) -> None:
+    def save_extras(self, output_dir: str) -> None:
         if self.instruction_context and self.perceiver_tokenizer is not None:
             self.perceiver_tokenizer.save_pretrained(os.path.join(output_dir, "perceiver_tokenizer"))
 
-    def set_contexts(self, input_ids, attention_mask, images, config) -> None:
+    def tower_inputs(self, input_ids, attention_mask, images) -> dict | None:
+        """With the instruction context on: the perceiver's token ids for every tile, its prefix followed by
+        the question of the user turn that holds the image."""
+        if not self.instruction_context:
+            return None
+        return {"contexts": self.instruction_contexts(input_ids, attention_mask, images)}
+
+    def instruction_contexts(self, input_ids, attention_mask, images) -> list[list[int]]:
         from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
 
-        if getattr(config, "conv_version", None) == "plain":
-            return  # stage 1: the text next to the image is the caption, i.e. the target; never show it
         if self.target_tokenizer is None or self.perceiver_tokenizer is None:
             raise PerceiverError("instruction context needs the target's and the perceiver's tokenizers; the LLaVA "
                                  "loader and trainer attach them (tower.attach_tokenizers)")
         texts = image_turn_texts(input_ids, attention_mask, self.target_tokenizer,
-                                 turn_end_ids(self.target_tokenizer, config))
+                                 turn_end_ids(self.target_tokenizer, self.conv_version))
         counts = tiles_per_image(images)
         if len(texts) != len(counts):
             raise PerceiverError(f"{len(texts)} <image> placeholders for {len(counts)} images")
@@ -206,10 +205,7 @@ class PerceiverTower(VisionTower):
         for text, count in zip(texts, counts):
             extra = self.perceiver_tokenizer(text + "\n", add_special_tokens=False).input_ids if text else []
             ids.extend([self.prefix_ids + extra] * count)
-        self._context_ids = ids
-
-    def clear_contexts(self) -> None:
-        self._context_ids = None
+        return ids
 
     # ---- the interface -------------------------------------------------------------------------------
     @property

@@ -16,15 +16,13 @@ import torch.nn as nn
 from llava_dpa.towers import weights as W
 
 
-def attention_implementation() -> str:
+def attention_implementation(requested: str | None = None) -> str:
     """Towers (and the perceiver's LM) use flash-attention-2 when it is installed and a GPU is present,
-    else sdpa; LLAVA_DPA_TOWER_ATTN overrides (e.g. 'eager')."""
+    else sdpa; `--tower_attn_implementation` chooses (e.g. 'eager')."""
     import importlib.util
-    import os
 
-    forced = os.environ.get("LLAVA_DPA_TOWER_ATTN")
-    if forced:
-        return forced
+    if requested:
+        return requested
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return "flash_attention_2"
     return "sdpa"
@@ -35,26 +33,45 @@ class VisionTower(nn.Module, ABC):
     model_types: tuple[str, ...] = ()
     #: prefixes under which the tower's weights may sit in its checkpoint folder.
     checkpoint_prefixes: tuple[str, ...] = ("",)
+    #: the attribute holding the encoder; it names the weights in a LLaVA checkpoint (model.vision_tower.<it>.*)
+    encoder_name: str = "vision_tower"
+    #: a DPA perceiver (a whole VLM) rather than a ViT
+    is_perceiver: bool = False
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()
         self.vision_tower_name = vision_tower
-        self.select_layer = getattr(args, "mm_vision_select_layer", -2)
-        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         self.is_loaded = False
         self.weight_loads = 0  # how many times load_model read weights (tests assert exactly once)
+        self.attn_implementation = attention_implementation(getattr(args, "tower_attn_implementation", None))
 
         embedded = getattr(args, "mm_vision_tower_config", None)
-        self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(vision_tower)
+        self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(self.source_path)
+        self.read_options(args)
         processor = getattr(args, "mm_vision_tower_processor", None)
-        self.processor_dict = dict(processor) if processor else self.read_processor_dict(vision_tower)
-        self.validate_select_feature()
+        self.processor_dict = dict(processor) if processor else self.read_processor_dict(self.source_path)
 
-        self.vision_tower = self.build_model(self.tower_config_dict)
-        self.vision_tower.requires_grad_(False)
+        encoder = self.build_model(self.tower_config_dict)
+        encoder.requires_grad_(False)
+        self.add_module(self.encoder_name, encoder)
         self.image_processor = self.build_image_processor(self.processor_dict)
         if not delay_load:
             self.load_model()
+
+    @property
+    def source_path(self) -> str:
+        """The folder the tower's config and weights come from."""
+        return self.vision_tower_name
+
+    @property
+    def encoder(self) -> nn.Module:
+        return getattr(self, self.encoder_name)
+
+    def read_options(self, args) -> None:
+        """The tower's own settings from LLaVA's arguments (or a checkpoint's config)."""
+        self.select_layer = getattr(args, "mm_vision_select_layer", -2)
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        self.validate_select_feature()
 
     # ---- what each tower defines -------------------------------------------------------------------
     @abstractmethod
@@ -105,16 +122,29 @@ class VisionTower(nn.Module, ABC):
         """The weights were filled by the outer checkpoint (a trained LLaVA model)."""
         self.is_loaded = True
 
-    def embedded_config(self) -> dict:
+    def config_entries(self) -> dict:
         """What the LLaVA config records so the checkpoint rebuilds this tower on its own."""
         return {"mm_vision_tower_config": self.tower_config_dict, "mm_vision_tower_processor": self.processor_dict}
 
+    # ---- hooks a perceiver fills in; a ViT needs none of them ----------------------------------------
+    def attach_tokenizers(self, target_tokenizer, *, perceiver_tokenizer_needed: bool = False,
+                          perceiver_tokenizer_dir: str | None = None):
+        """Tokenizers the tower needs at run time (the perceiver's instruction context and auxiliary loss)."""
+
+    def tower_inputs(self, input_ids, attention_mask, images) -> dict | None:
+        """Per-call inputs the tower reads besides the images (passed down by patches/11-tower-inputs)."""
+        return None
+
+    def save_extras(self, output_dir: str) -> None:
+        """Files a trained checkpoint needs besides weights and config."""
+
     # ---- the LLaVA-NeXT interface --------------------------------------------------------------------
-    def forward(self, images):
+    def forward(self, images, **tower_inputs):
         # No torch.no_grad here: stage 2 may train the tower. A frozen tower builds no graph anyway.
         if isinstance(images, list):
-            return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0)) for image in images]
-        return self.encode(images.to(device=self.device, dtype=self.dtype))
+            return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0), **tower_inputs)
+                    for image in images]
+        return self.encode(images.to(device=self.device, dtype=self.dtype), **tower_inputs)
 
     @property
     def dummy_feature(self):
@@ -122,11 +152,11 @@ class VisionTower(nn.Module, ABC):
 
     @property
     def dtype(self):
-        return next(self.vision_tower.parameters()).dtype
+        return next(self.encoder.parameters()).dtype
 
     @property
     def device(self):
-        return next(self.vision_tower.parameters()).device
+        return next(self.encoder.parameters()).device
 
     @property
     def config(self):
@@ -154,7 +184,7 @@ class HiddenStateTower(VisionTower):
         vision = config_dict.get("vision_config", config_dict) if config_dict.get("model_type") == self.composite_type \
             else config_dict
         config = self.config_cls(**{k: v for k, v in vision.items() if k != "model_type"})
-        config._attn_implementation = attention_implementation()
+        config._attn_implementation = self.attn_implementation
         return self.model_cls(config)
 
     def encode(self, pixel_values):

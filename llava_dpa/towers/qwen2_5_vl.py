@@ -10,7 +10,7 @@ from transformers import CLIPImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from llava_dpa.towers.base import VisionTower, attention_implementation
+from llava_dpa.towers.base import VisionTower
 
 QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -28,7 +28,7 @@ class Qwen2_5_VLTower(VisionTower):
     def build_model(self, config_dict):
         vision = config_dict["vision_config"] if "vision_config" in config_dict else config_dict
         config = Qwen2_5_VLVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"})
-        config._attn_implementation = attention_implementation()
+        config._attn_implementation = self.attn_implementation
         return Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
 
     def read_processor_dict(self, vision_tower):

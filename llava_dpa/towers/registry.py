@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from llava_dpa.perceiver.tower import DPA_PREFIX, PerceiverTower
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
@@ -15,7 +16,7 @@ from llava_dpa.towers.siglip2 import SigLIP2Tower
 
 TOWERS = [CLIPTower, SigLIPTower, SigLIP2Tower, Qwen2_5_VLTower]
 
-DPA_PREFIX = "dpa:"
+__all__ = ["DPA_PREFIX", "TOWERS", "UnknownVisionTowerError", "build_vision_tower", "tower_class_for"]
 
 
 class UnknownVisionTowerError(ValueError):
@@ -32,8 +33,6 @@ def is_perceiver_config(config_dict: dict) -> bool:
 
 def tower_class_for(name: str, config_dict: dict | None = None):
     if name.startswith(DPA_PREFIX):
-        from llava_dpa.perceiver.tower import PerceiverTower
-
         return PerceiverTower
     if config_dict is None:
         try:
@@ -44,8 +43,6 @@ def tower_class_for(name: str, config_dict: dict | None = None):
                 f"--vision_tower {name!r}: {where}. Pass a ViT checkpoint folder (CLIP, SigLIP, SigLIP2, "
                 f"Qwen2.5-VL) or a LLaVA-format VLM checkpoint (for DPA).") from None
     if is_perceiver_config(config_dict):
-        from llava_dpa.perceiver.tower import PerceiverTower
-
         return PerceiverTower
     model_type = config_dict.get("model_type")
     for cls in TOWERS:

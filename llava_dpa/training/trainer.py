@@ -1,27 +1,65 @@
 """LLaVATrainer with parameter groups, crash-safe checkpoints and resumable stage-1 runs.
 
-- Checkpoints are written to `tmp-checkpoint-N` and renamed to `checkpoint-N` only when complete, so a
-  run killed while saving never leaves a half-written checkpoint for the resume to pick up.
-- Stage 1 (`--tune_mm_mlp_adapter True`) checkpoints hold `mm_projector.bin` plus the optimizer,
-  scheduler and RNG state (LLaVA's held only the projector and could not be resumed).
+- The run configuration (with its `Stage`) is a constructor argument; nothing reads LLaVA's flags again.
+- A checkpoint is written to `tmp-checkpoint-N` and renamed to `checkpoint-N` only once complete, so a run
+  killed while saving never leaves a half-written checkpoint for the resume to pick up. The trainer writes
+  the checkpoint's contents itself (model, optimizer, scheduler, scaler, RNG, trainer state, run_config.json)
+  rather than redirecting transformers' own writer.
+- Stage-1 checkpoints hold `mm_projector.bin` plus the optimizer, scheduler and RNG state (LLaVA's held
+  only the projector and could not be resumed).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import transformers
 from llava.train.llava_trainer import LLaVATrainer
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llava_dpa.training.optim import parameter_groups
+from llava_dpa.training.run_config import Stage, write_run_config
 from llava_dpa.training.saving import load_projector_state, save_projector
 
+TRAINER_STATE_NAME = "trainer_state.json"
 STAGING_PREFIX = "tmp-" + PREFIX_CHECKPOINT_DIR
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    """`checkpoint-N` folders by step (staging folders are never complete)."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(run_dir, name)) for name in os.listdir(run_dir)
+             if (m := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(run_dir, name))]
+    return [path for _, path in sorted(found)]
+
+
+def rotate_checkpoints(run_dir: str, limit: int | None, keep: str | None = None) -> list[str]:
+    """Delete the oldest checkpoints beyond `limit` (never `keep`); returns what was deleted."""
+    if not limit or limit <= 0:
+        return []
+    checkpoints = complete_checkpoints(run_dir)
+    removable = [c for c in checkpoints[:-1] if not keep or os.path.abspath(c) != os.path.abspath(keep)]
+    excess = max(0, len(checkpoints) - limit)
+    deleted = removable[:excess]
+    for folder in deleted:
+        shutil.rmtree(folder, ignore_errors=True)
+    return deleted
 
 
 class DPATrainer(LLaVATrainer):
+    def __init__(self, *args, run, **kwargs):
+        self.run = run
+        super().__init__(*args, **kwargs)
+
+    @property
+    def stage(self) -> Stage:
+        return self.run.stage
+
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         if getattr(outputs, "perceiver_aux_loss", None) is not None and model.training:
@@ -32,8 +70,7 @@ class DPATrainer(LLaVATrainer):
 
     def log(self, logs, *args, **kwargs):
         # Every log line (and trainer_state.json) counts the bad samples skipped so far.
-        if hasattr(self.train_dataset, "skipped"):
-            logs["skipped_samples"] = self.train_dataset.skipped
+        logs["skipped_samples"] = self.train_dataset.skipped
         # With the auxiliary perceiver loss, its parts since the last log (the logged loss is their total).
         parts = self.__dict__.pop("_loss_parts", None)
         if parts and "loss" in logs:
@@ -44,36 +81,53 @@ class DPATrainer(LLaVATrainer):
     def create_optimizer(self):
         if self.optimizer is None:
             optimizer_cls, optimizer_kwargs = transformers.Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
-            self.optimizer = optimizer_cls(parameter_groups(self.model, self.args), **optimizer_kwargs)
+            self.optimizer = optimizer_cls(parameter_groups(self.model, self.run), **optimizer_kwargs)
         return self.optimizer
 
+    # ---- checkpoints ---------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial, *args, **kwargs):
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         staging = os.path.join(run_dir, f"{STAGING_PREFIX}-{step}")
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        shutil.rmtree(staging, ignore_errors=True)
-        # transformers names the folder from this module global; point it at the staging name meanwhile.
-        transformers.trainer.PREFIX_CHECKPOINT_DIR = STAGING_PREFIX
-        try:
-            transformers.Trainer._save_checkpoint(self, model, trial)
-        finally:
-            transformers.trainer.PREFIX_CHECKPOINT_DIR = PREFIX_CHECKPOINT_DIR
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(staging, _internal_call=True)  # every rank: ZeRO-3 gathers shards
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            self._save_trainer_state(staging)
+            write_run_config(self.run, staging)
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(staging, final)
-            self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def _save_trainer_state(self, folder: str) -> None:
+        for cb in [cb for cb in self.callback_handler.callbacks + [self.control] if isinstance(cb, ExportableState)]:
+            name, state = cb.__class__.__name__, cb.state()
+            if isinstance(self.state.stateful_callbacks.get(name), list):
+                self.state.stateful_callbacks[name].append(state)
+            else:
+                self.state.stateful_callbacks[name] = state
+        self.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
 
     def _save(self, output_dir=None, state_dict=None):
-        if getattr(self.args, "tune_mm_mlp_adapter", False):
-            save_projector(self.model, output_dir, use_im_start_end=getattr(self.args, "use_im_start_end", False))
+        if self.stage is Stage.ALIGNMENT:
+            save_projector(self.model, output_dir, use_im_start_end=self.run.model.mm_use_im_start_end)
             return
         transformers.Trainer._save(self, output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         projector = os.path.join(resume_from_checkpoint, "mm_projector.bin")
-        if getattr(self.args, "tune_mm_mlp_adapter", False) and os.path.isfile(projector):
+        if self.stage is Stage.ALIGNMENT and os.path.isfile(projector):
             load_projector_state(model or self.model, projector)
             return
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -86,7 +140,7 @@ class SkippedSamplesCallback(TrainerCallback):
         self.dataset = dataset
 
     def on_train_end(self, args, state, control, **kwargs):
-        skipped = getattr(self.dataset, "skipped", 0)
+        skipped = self.dataset.skipped
         if skipped and state.is_world_process_zero:
             print(f"[llava-dpa] skipped {skipped} bad sample(s) during training; see the warnings above "
                   f"(--strict_data True stops at the first one)")

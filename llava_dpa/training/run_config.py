@@ -1,0 +1,443 @@
+"""One run configuration: every setting of a training run, parsed and validated once.
+
+`parse_run_config(argv)` reads LLaVA's flags and this project's, decides the `Stage`, resolves what
+depends on it (the auxiliary loss, the instruction context), parses typed values (anyres pinpoints, LoRA
+parts) and refuses nonsensical combinations by naming the flags. Nothing downstream re-reads argv, the
+environment or LLaVA's global template: the `RunConfig` travels as an argument.
+
+`model_config_entries` is the one place that decides what a run writes into `model.config`.
+`write_run_config` / `check_resume` keep `<output_dir>/run_config.json` (every argument, the stage, the
+versions and the patch state) and refuse a resume whose model or data settings differ.
+"""
+from __future__ import annotations
+
+import ast
+import enum
+import json
+import os
+import platform
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Optional
+
+import torch
+from llava.train import train as llava_train
+
+from llava_dpa.training.parts import PERCEIVER_PARTS, Part, parse_parts
+
+RUN_CONFIG_NAME = "run_config.json"
+
+
+class Stage(enum.IntEnum):
+    """LLaVA's two stages. Stage 1 trains the alignment projector on captions; stage 2 tunes on
+    instructions."""
+    ALIGNMENT = 1
+    INSTRUCTION_TUNING = 2
+
+    @property
+    def label(self) -> str:
+        return "alignment" if self is Stage.ALIGNMENT else "instruction tuning"
+
+
+class TowerKind(str, enum.Enum):
+    NONE = "none"
+    VIT = "vit"
+    PERCEIVER = "perceiver"
+
+
+class RunConfigError(ValueError):
+    """A setting, or a combination of settings, that cannot train what the user meant."""
+
+
+# ---- the flags --------------------------------------------------------------------------------------
+@dataclass
+class ModelArguments(llava_train.ModelArguments):
+    stage: Optional[int] = field(default=None, metadata={
+        "help": "1 (alignment: projector only) or 2 (instruction tuning). Default: 1 when "
+                "--tune_mm_mlp_adapter True, else 2."})
+    mm_projector_width: Optional[int] = field(default=None, metadata={"help": "Hidden width of a large_mlp projector."})
+    mm_projector_depth: Optional[int] = field(default=None, metadata={"help": "Linear layers of a large_mlp projector."})
+    unfreeze_mm_vision_tower: bool = field(default=False, metadata={"help": "Train the ViT tower in stage 2."})
+    tower_attn_implementation: Optional[str] = field(default=None, metadata={
+        "help": "Attention of the tower and the perceiver LM (sdpa, eager, flash_attention_2). Default: "
+                "flash_attention_2 when flash-attn and a GPU are present, else sdpa."})
+    freeze_perceiver: bool = field(default=False, metadata={"help": "Keep the whole perceiver frozen (ablation)."})
+    dpa_select_layer: Optional[int] = field(default=None, metadata={
+        "help": "Perceiver LM layer whose visual-token hidden states are the features; default: the last, "
+                "after the final norm (as the model returns hidden_states[-1])."})
+    perceiver_instruction_context: bool = field(default=False, metadata={
+        "help": "Give the perceiver the sample's instruction text before the image (early fusion ablation)."})
+    perceiver_aux_loss_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the perceiver's own LM loss on the same conversation (multi-task ablation)."})
+    perceiver_aux_loss_stages: list[int] = field(default_factory=lambda: [2], metadata={
+        "help": "Stages that use the auxiliary loss, e.g. 2 (default, as the paper reports) or 1 2."})
+
+
+@dataclass
+class DataArguments(llava_train.DataArguments):
+    image_grid_pinpoints: Optional[str] = field(default=None, metadata={
+        "help": "anyres grid resolutions, e.g. \"[(448, 896), (896, 448), (896, 896)]\""})
+    strict_data: bool = field(default=False, metadata={"help": "Stop on the first bad sample instead of skipping it."})
+
+
+@dataclass
+class TrainingArguments(llava_train.TrainingArguments):
+    mm_vision_tower_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the (perceiver) ViT."})
+    perceiver_lr: Optional[float] = field(default=None, metadata={
+        "help": "Learning rate of the perceiver's projector, LM blocks and LM head (default: --learning_rate)."})
+    lora_parts: list[str] = field(default_factory=lambda: ["language_model"], metadata={
+        "help": "Parts that get LoRA adapters with --lora_enable (see llava_dpa.training.parts); the others "
+                "train in full or stay frozen as the stage says."})
+    mir_probe_images: Optional[str] = field(default=None, metadata={
+        "help": "Record MIR at every save (mir_history.csv): an image folder or LLaVA data file of probes."})
+    mir_probe_image_folder: Optional[str] = field(default=None, metadata={"help": "Images of a probe data file."})
+    mir_probe_texts: Optional[str] = field(default=None, metadata={"help": "Probe texts, one per line."})
+    mir_probe_count: int = field(default=64, metadata={"help": "Probes measured at every save."})
+    evaluation_strategy: Optional[str] = field(default=None, metadata={
+        "help": "Deprecated name of --eval_strategy (LLaVA's shipped scripts use it); translated."})
+
+    def __post_init__(self):
+        # LLaVA's scripts pass flags that current transformers renamed or rejects on a CPU machine.
+        if self.evaluation_strategy is not None:
+            warnings.warn("--evaluation_strategy is now --eval_strategy in transformers; translated")
+            self.eval_strategy, self.evaluation_strategy = self.evaluation_strategy, None
+        if not torch.cuda.is_available():
+            if self.tf32:
+                warnings.warn("--tf32 needs a CUDA GPU; ignored on this CPU machine")
+                self.tf32 = None
+            if self.bf16:
+                self.use_cpu = True
+        super().__post_init__()
+
+
+# ---- the resolved configuration -----------------------------------------------------------------------
+@dataclass
+class RunConfig:
+    model: ModelArguments
+    data: DataArguments
+    training: TrainingArguments
+    stage: Stage
+    tower_kind: TowerKind
+    attn_implementation: str
+    image_grid_pinpoints: Optional[list[tuple[int, int]]]
+    lora_parts: tuple[Part, ...]
+    aux_loss_weight: float            # the auxiliary perceiver loss weight in this stage (0: off)
+    argv: list[str]
+
+    @property
+    def is_perceiver(self) -> bool:
+        return self.tower_kind is TowerKind.PERCEIVER
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        t = self.training
+        return torch.float16 if t.fp16 else (torch.bfloat16 if t.bf16 else torch.float32)
+
+    def learning_rate_of(self, part: Part) -> float:
+        t = self.training
+        specific = {Part.PROJECTOR: t.mm_projector_lr, Part.VISION_TOWER: t.mm_vision_tower_lr,
+                    Part.PERCEIVER_VIT: t.mm_vision_tower_lr, Part.PERCEIVER_PROJECTOR: t.perceiver_lr,
+                    Part.PERCEIVER_LM: t.perceiver_lr, Part.PERCEIVER_LM_HEAD: t.perceiver_lr}.get(part)
+        return t.learning_rate if specific is None else specific
+
+    def to_json(self) -> dict:
+        return {
+            "stage": int(self.stage), "stage_name": self.stage.label,
+            "arguments": {"model": _plain(asdict(self.model)), "data": _plain(asdict(self.data)),
+                          "training": _plain(self.training.to_dict())},
+            "resolved": {"tower_kind": self.tower_kind.value, "attn_implementation": self.attn_implementation,
+                         "image_grid_pinpoints": self.image_grid_pinpoints,
+                         "lora_parts": [p.value for p in self.lora_parts] if self.training.lora_enable else [],
+                         "perceiver_aux_loss_weight": self.aux_loss_weight},
+            "argv": self.argv,
+        }
+
+
+def _plain(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def parse_run_config(argv: list[str] | None = None, attn_implementation: str | None = None) -> RunConfig:
+    import transformers
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return resolve(model_args, data_args, training_args, argv, attn_implementation)
+
+
+def resolve(model_args, data_args, training_args, argv, attn_implementation=None) -> RunConfig:
+    stage = decide_stage(model_args)
+    # LLaVA's own code (llava_arch, its trainer) reads tune_mm_mlp_adapter; keep it equal to the stage.
+    model_args.tune_mm_mlp_adapter = training_args.tune_mm_mlp_adapter = stage is Stage.ALIGNMENT
+    model_args.stage = int(stage)
+    aux_stages = {_stage_from(s, "--perceiver_aux_loss_stages") for s in model_args.perceiver_aux_loss_stages}
+    weight = float(model_args.perceiver_aux_loss_weight or 0.0)
+    if weight < 0:
+        raise RunConfigError(f"--perceiver_aux_loss_weight {weight}: use a weight >= 0")
+    run = RunConfig(
+        model=model_args, data=data_args, training=training_args, stage=stage,
+        tower_kind=tower_kind_of(model_args.vision_tower),
+        attn_implementation=resolve_attn_implementation(attn_implementation),
+        image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
+        lora_parts=parse_parts(training_args.lora_parts, "--lora_parts"),
+        aux_loss_weight=weight if stage in aux_stages else 0.0, argv=list(argv))
+    validate(run)
+    return run
+
+
+def decide_stage(model_args) -> Stage:
+    if model_args.stage is None:
+        return Stage.ALIGNMENT if model_args.tune_mm_mlp_adapter else Stage.INSTRUCTION_TUNING
+    stage = _stage_from(model_args.stage, "--stage")
+    if model_args.tune_mm_mlp_adapter and stage is not Stage.ALIGNMENT:
+        raise RunConfigError(f"--stage {int(stage)} with --tune_mm_mlp_adapter True: LLaVA's flag means stage 1; "
+                             f"drop one of them")
+    return stage
+
+
+def _stage_from(value, flag: str) -> Stage:
+    try:
+        return Stage(int(value))
+    except (TypeError, ValueError):
+        raise RunConfigError(f"{flag} {value}: use 1 (alignment) or 2 (instruction tuning)") from None
+
+
+def tower_kind_of(vision_tower: str | None) -> TowerKind:
+    if not vision_tower:
+        return TowerKind.NONE
+    from llava_dpa.perceiver.tower import PerceiverTower
+    from llava_dpa.towers.registry import tower_class_for
+
+    return TowerKind.PERCEIVER if tower_class_for(vision_tower) is PerceiverTower else TowerKind.VIT
+
+
+def resolve_attn_implementation(requested: str | None) -> str:
+    import importlib.util
+
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        warnings.warn("flash-attn is not installed; training with attn_implementation='sdpa' instead "
+                      "(pip install llava-dpa[flash-attn] on a CUDA machine for flash-attention-2)")
+        return "sdpa"
+    return requested or "sdpa"
+
+
+def parse_pinpoints(text) -> Optional[list[tuple[int, int]]]:
+    """`"[(448, 896), (896, 448)]"` (LLaVA-NeXT's spelling) -> [(448, 896), (896, 448)]; literals only."""
+    if text is None or isinstance(text, list):
+        return None if text is None else [tuple(int(v) for v in p) for p in text]
+    example = "\"[(448, 896), (896, 448), (896, 896)]\""
+    try:
+        points = ast.literal_eval(text)
+        parsed = [tuple(int(v) for v in p) for p in points]
+    except (ValueError, SyntaxError, TypeError):
+        raise RunConfigError(f"--image_grid_pinpoints {text!r} is not a list of (height, width) pairs, e.g. {example}") from None
+    if not parsed or any(len(p) != 2 or min(p) <= 0 for p in parsed):
+        raise RunConfigError(f"--image_grid_pinpoints {text!r}: give positive (height, width) pairs, e.g. {example}")
+    return parsed
+
+
+# flag -> its default; any other value needs a perceiver tower
+PERCEIVER_ONLY_FLAGS = {"freeze_perceiver": False, "dpa_select_layer": None, "perceiver_instruction_context": False,
+                        "perceiver_aux_loss_weight": 0.0}
+
+
+def validate(run: RunConfig) -> None:
+    """Every refusal of a nonsensical combination, naming the flags."""
+    from llava.conversation import conv_templates
+
+    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
+
+    m, d, t, stage = run.model, run.data, run.training, run.stage
+    s1 = stage is Stage.ALIGNMENT
+    if m.version not in conv_templates:
+        raise RunConfigError(f"unknown --version {m.version!r}; choose one of {sorted(conv_templates)} (qwen_3 for "
+                             f"Qwen3 targets, llama_3 for LLaMA 3.x, plain for LLaVA's caption-only stage 1)")
+    if m.version in ("v0", "v0.5"):
+        raise RunConfigError(f"--version {m.version} is LLaVA-1.0's format, which this project does not train; use "
+                             f"plain, v1, llama_2, qwen_3 or llama_3")
+    if run.tower_kind is not TowerKind.PERCEIVER:
+        used = [f"--{k}" for k, default in PERCEIVER_ONLY_FLAGS.items() if getattr(m, k) != default]
+        used += ["--perceiver_lr"] if t.perceiver_lr is not None else []
+        if used:
+            raise RunConfigError(f"{', '.join(used)} only apply to a DPA perceiver tower; --vision_tower "
+                                 f"{m.vision_tower} is {'missing' if run.tower_kind is TowerKind.NONE else 'a plain ViT'}")
+    if m.perceiver_instruction_context:
+        if m.version not in CHAT_TEMPLATE_VERSIONS:
+            raise RunConfigError(f"--perceiver_instruction_context reads the user turn of a chat template; use --version "
+                                 f"{' or '.join(CHAT_TEMPLATE_VERSIONS)} (got {m.version!r})")
+        if s1:
+            raise RunConfigError("--perceiver_instruction_context True in stage 1: the text beside a stage-1 image is "
+                                 "the caption the model must predict, so the perceiver would read the answer. Use the "
+                                 "flag in stage 2 only.")
+    if m.freeze_perceiver and run.aux_loss_weight:
+        raise RunConfigError("--freeze_perceiver True with --perceiver_aux_loss_weight: the auxiliary loss trains the "
+                             "perceiver; drop one of them")
+    if m.mm_projector_type == "large_mlp":
+        if run.is_perceiver:
+            raise RunConfigError("--mm_projector_type large_mlp is the plain-ViT ablation; use it with a ViT --vision_tower")
+        if not (m.mm_projector_width and m.mm_projector_depth):
+            raise RunConfigError("--mm_projector_type large_mlp needs --mm_projector_width and --mm_projector_depth "
+                                 "(llava-dpa projector-budget computes them for a parameter budget)")
+    if d.image_aspect_ratio not in ("square", "pad", "anyres"):
+        raise RunConfigError(f"unknown --image_aspect_ratio {d.image_aspect_ratio!r}; use square, pad or anyres")
+    if d.image_aspect_ratio == "anyres" and run.image_grid_pinpoints is None:
+        raise RunConfigError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. "
+                             "\"[(448, 896), (896, 448), (896, 896)]\"")
+    if t.bits not in (4, 8, 16):
+        raise RunConfigError(f"--bits {t.bits}: use 4 (QLoRA), 8 or 16")
+    if t.bits in (4, 8) and not t.lora_enable:
+        raise RunConfigError(f"--bits {t.bits} quantizes the target, whose weights then cannot train: add "
+                             f"--lora_enable True (QLoRA)")
+    if s1:
+        if t.lora_enable:
+            raise RunConfigError("--lora_enable True in stage 1: stage 1 trains the alignment projector only; use "
+                                 "LoRA in stage 2")
+        if m.unfreeze_mm_vision_tower:
+            raise RunConfigError("--unfreeze_mm_vision_tower True in stage 1: stage 1 trains the alignment projector "
+                                 "only (Table 6); use it in stage 2")
+    if t.lora_enable:
+        absent = {TowerKind.PERCEIVER: (Part.VISION_TOWER,), TowerKind.VIT: PERCEIVER_PARTS,
+                  TowerKind.NONE: (Part.VISION_TOWER,) + PERCEIVER_PARTS}[run.tower_kind]
+        wrong = [p.value for p in run.lora_parts if p in absent or p is Part.PROJECTOR or p is Part.IMAGE_NEWLINE]
+        if wrong:
+            raise RunConfigError(f"--lora_parts {' '.join(wrong)}: not a LoRA part of this model (the projector and "
+                                 f"image_newline train in full; tower parts need that tower)")
+    elif t.lora_parts != ["language_model"]:
+        raise RunConfigError("--lora_parts without --lora_enable True: add --lora_enable True or drop --lora_parts")
+    tower_trains = (not s1) and (run.is_perceiver and not m.freeze_perceiver or m.unfreeze_mm_vision_tower) \
+        or bool(run.aux_loss_weight)
+    if t.mm_vision_tower_lr is not None and not tower_trains:
+        raise RunConfigError(f"--mm_vision_tower_lr is set but no vision tower trains in this stage {int(stage)} run "
+                             f"(stage 2 with --unfreeze_mm_vision_tower True, or a trainable perceiver)")
+    if t.load_best_model_at_end:
+        raise RunConfigError("--load_best_model_at_end is not supported (checkpoints are rotated by step)")
+
+
+def check_against_tower(run: RunConfig, tower) -> None:
+    """The checks that need the built tower: anyres tiles are multiples of its input size."""
+    points = run.image_grid_pinpoints
+    if run.data.image_aspect_ratio == "anyres" and points:
+        tile = tower.image_size
+        bad = [p for p in points if p[0] % tile or p[1] % tile]
+        if bad:
+            raise RunConfigError(
+                f"--image_grid_pinpoints {bad} are not multiples of {run.model.vision_tower}'s image size {tile}; use "
+                f"resolutions made of {tile}-pixel tiles, e.g. [({tile}, {2 * tile}), ({2 * tile}, {tile})]")
+
+
+# ---- what the run records in model.config -------------------------------------------------------------
+def model_config_entries(run: RunConfig, tower=None, tokenizer=None) -> dict:
+    """Everything this project writes into `model.config`. Called before the vision modules are built
+    (the projector builder reads its shape from the config) and again once the tower exists."""
+    m, d, t = run.model, run.data, run.training
+    entries = {
+        "conv_version": m.version,
+        "training_stage": int(run.stage),
+        "mm_projector_width": m.mm_projector_width, "mm_projector_depth": m.mm_projector_depth,
+        "image_aspect_ratio": d.image_aspect_ratio,
+        "tune_mm_mlp_adapter": run.stage is Stage.ALIGNMENT,
+        "freeze_mm_mlp_adapter": t.freeze_mm_mlp_adapter,
+        "unfreeze_mm_vision_tower": m.unfreeze_mm_vision_tower,
+        "mm_use_im_start_end": m.mm_use_im_start_end, "mm_use_im_patch_token": m.mm_use_im_patch_token,
+        "mm_projector_lr": t.mm_projector_lr, "mm_vision_tower_lr": t.mm_vision_tower_lr,
+    }
+    if run.image_grid_pinpoints is not None:
+        entries["image_grid_pinpoints"] = [list(p) for p in run.image_grid_pinpoints]
+    if tokenizer is not None:
+        entries.update(tokenizer_padding_side=tokenizer.padding_side,
+                       tokenizer_model_max_length=tokenizer.model_max_length)
+    if tower is not None:
+        entries.update(tower.config_entries())
+        if run.is_perceiver:
+            entries.update(freeze_perceiver=m.freeze_perceiver, perceiver_aux_loss_weight=run.aux_loss_weight)
+    return entries
+
+
+def apply_model_config(config, run: RunConfig, tower=None, tokenizer=None) -> None:
+    for key, value in model_config_entries(run, tower, tokenizer).items():
+        setattr(config, key, value)
+
+
+# ---- run_config.json: written at start, compared on resume --------------------------------------------
+def versions() -> dict:
+    def version_of(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), **{name: version_of(name) for name in (
+        "torch", "transformers", "peft", "deepspeed", "accelerate", "bitsandbytes", "llava-torch", "llava-dpa")}}
+
+
+def patch_state() -> dict:
+    from llava_dpa.llava_integration import patching
+
+    return {name: state for name, state, _ in patching.report()}
+
+
+def run_record(run: RunConfig) -> dict:
+    return {**run.to_json(), "versions": versions(), "patches": patch_state()}
+
+
+def write_json_atomically(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    staging = f"{path}.tmp"
+    with open(staging, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(staging, path)
+
+
+def write_run_config(run: RunConfig, folder: str | None = None) -> str:
+    path = os.path.join(folder or run.training.output_dir, RUN_CONFIG_NAME)
+    write_json_atomically(path, run_record(run))
+    return path
+
+
+# Settings a resumed run may change: where things are, how they are batched and logged. Everything else
+# changes the model or the data and must match the checkpoint's.
+MAY_CHANGE_ON_RESUME = {
+    "model": {"model_name_or_path", "vision_tower", "pretrain_mm_mlp_adapter", "tower_attn_implementation"},
+    "data": {"data_path", "image_folder", "lazy_preprocess", "strict_data"},
+    "training": {"output_dir", "logging_dir", "cache_dir", "deepspeed", "run_name", "per_device_train_batch_size",
+                 "per_device_eval_batch_size", "gradient_accumulation_steps", "auto_find_batch_size",
+                 "gradient_checkpointing", "gradient_checkpointing_kwargs", "overwrite_output_dir", "local_rank",
+                 "report_to", "disable_tqdm", "use_cpu", "no_cuda", "tf32", "resume_from_checkpoint",
+                 "mir_probe_images", "mir_probe_image_folder", "mir_probe_texts", "mir_probe_count",
+                 "ddp_backend", "ddp_timeout", "ddp_find_unused_parameters", "torch_compile", "hub_token",
+                 "push_to_hub", "hub_model_id", "include_num_input_tokens_seen", "evaluation_strategy"},
+}
+_MAY_CHANGE_PREFIXES = ("logging_", "save_", "dataloader_", "eval_", "hub_", "push_to_hub", "torch_compile",
+                        "ddp_", "fsdp", "_n_gpu", "deepspeed")
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'--flag: saved -> now' for every model or data setting that differs."""
+    diffs = []
+    if saved.get("stage") != current.get("stage"):
+        diffs.append(f"stage: {saved.get('stage')} -> {current.get('stage')}")
+    for group, allowed in MAY_CHANGE_ON_RESUME.items():
+        old, new = saved["arguments"].get(group, {}), current["arguments"].get(group, {})
+        for key in sorted(set(old) & set(new)):  # a key of another transformers version is not a difference
+            if key in allowed or key.startswith(_MAY_CHANGE_PREFIXES):
+                continue
+            if old[key] != new[key]:
+                diffs.append(f"--{key}: {old[key]!r} -> {new[key]!r}")
+    return diffs
+
+
+def check_resume(run: RunConfig, checkpoint: str) -> None:
+    path = os.path.join(checkpoint, RUN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        warnings.warn(f"{checkpoint} has no {RUN_CONFIG_NAME} (written by an older llava-dpa); resuming unchecked")
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diffs = resume_differences(saved, run.to_json())
+    if diffs:
+        raise RunConfigError(
+            f"resuming from {checkpoint}, but settings that change the model or data differ from that run:\n  "
+            + "\n  ".join(diffs) + f"\nResume with the same settings, or train into a new --output_dir.")
