@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 LLAVA_SPEC := llava-torch==1.2.2.post1
 
-.PHONY: setup setup-eval demo test patch-check clean
+.PHONY: setup setup-eval demo test test-fast patch-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -37,6 +37,10 @@ demo: setup
 
 test: setup setup-eval
 	$(PY) -m pytest -q tests
+
+# The fast tier: pure logic, no training subprocess (pytest marker `fast`).
+test-fast: setup
+	$(PY) -m pytest -q -m fast tests
 
 patch-check: setup
 	$(VENV)/bin/llava-dpa patch-llava --check

@@ -62,14 +62,24 @@ def _extra_commands():
     from llava_dpa.perceiver import compose, extract
     from llava_dpa.eval import lmms_tasks, offline, report
     from llava_dpa.projectors import large_mlp
+    from llava_dpa.recipes import commands as recipes
 
-    return [compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
+    return [recipes.register, compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
             lmms_tasks.register, text_path.register,
             commands.register, bench.register]
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is passed through (e.g. LLaVA flags for `recipe show/run`), never parsed here.
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if passthrough:
+        if not hasattr(args, "extra"):
+            parser.error(f"`llava-dpa {args.command}` takes no flags after --")
+        args.extra = passthrough
     try:
         return args.func(args) or 0
     except (ValueError, OSError, RuntimeError, KeyError) as exc:

@@ -1,9 +1,11 @@
 """`make demo`: train tiny models through LLaVA's own entry points and chat with them, on a CPU.
 
 1. builds the tiny offline zoo (tokenizer, LMs, ViT, synthetic data);
-2. trains a LLaVA-NeXT baseline, a perceiver VLM (the same pipeline on a second small LM) and the DPA
-   model whose --vision_tower is that perceiver; each model's stage 1 and stage 2 are trained with `python -m llava.train.train_mem` (the unmodified
-   LLaVA entry point), showing progress;
+2. trains three entries of the paper's registry (llava_dpa/recipes/paper.py) on tiny models: the
+   LLaVA-NeXT baseline, the perceiver VLM (the same pipeline on a second small LM) and the DPA model whose
+   --vision_tower is that perceiver; each stage's command comes from the registry (with the tiny-model
+   overrides of llava_dpa/zoo/recipes.py) and runs `python -m llava.train.train_mem` (the unmodified LLaVA
+   entry point), showing progress;
 3. reloads each trained checkpoint and holds a two-turn chat about an image with `python -m llava.serve.cli`;
 4. prints a side-by-side table: parameters, time per stage, final loss per stage.
 """
@@ -21,16 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PY = sys.executable
-PINPOINTS = "[(32, 64), (64, 32), (64, 64)]"
 QUESTIONS = ["What color is the shape?", "What shape is it?"]
+# What the demo changes in the tiny recipes so each model learns the synthetic questions in a few minutes.
+DEMO_FLAGS = {1: ["--learning_rate", "1e-3", "--num_train_epochs", "3", "--logging_steps", "5"],
+              2: ["--learning_rate", "3e-3", "--num_train_epochs", "25", "--warmup_ratio", "0.05",
+                  "--lr_scheduler_type", "cosine", "--logging_steps", "5"]}
 
 
 @dataclass
-class Recipe:
-    name: str
-    lm: str
-    vision_tower: str
-    version: str = "qwen_3"
+class DemoRun:
+    name: str                  # what the table calls it
+    entry: str                 # the registry entry
     stage2_extra: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
@@ -40,6 +43,7 @@ class Recipe:
 def stream(cmd: list[str], log: Path) -> None:
     """Run a command, showing its progress lines, keeping the full output in `log`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
@@ -58,28 +62,18 @@ def final_loss(output: Path) -> float:
     return [h["loss"] for h in history if "loss" in h][-1]
 
 
-def train_stage(recipe: Recipe, stage: int, zoo: dict, out: Path) -> Path:
-    folder = out / f"{recipe.name}-stage{stage}"
-    common = ["--model_name_or_path", recipe.lm, "--vision_tower", recipe.vision_tower, "--output_dir", str(folder),
-              "--image_folder", zoo["images"], "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-1",
-              "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
-              "--image_aspect_ratio", "anyres", "--image_grid_pinpoints", PINPOINTS, "--mm_patch_merge_type", "spatial_unpad",
-              "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--model_max_length", "1024",
-              "--save_strategy", "no", "--logging_steps", "5", "--report_to", "none", "--seed", "0",
-              "--lr_scheduler_type", "cosine", "--weight_decay", "0.01"]
-    if stage == 1:
-        args = ["--version", "plain", "--data_path", zoo["stage1_data"], "--tune_mm_mlp_adapter", "True",
-                "--learning_rate", "1e-3", "--num_train_epochs", "3"]
-    else:
-        args = ["--version", recipe.version, "--data_path", zoo["stage2_data"],
-                "--pretrain_mm_mlp_adapter", str(out / f"{recipe.name}-stage1" / "mm_projector.bin"),
-                "--learning_rate", "3e-3", "--num_train_epochs", "25", "--warmup_ratio", "0.05"] + recipe.stage2_extra
-    print(f"  stage {stage}: python -m llava.train.train_mem ... (log: {folder}.log)")
+def train_stage(run: DemoRun, stage: int, settings) -> Path:
+    from llava_dpa.recipes.render import stage_command
+    from llava_dpa.zoo.recipes import tiny_flags
+
+    extra = tiny_flags(stage) + DEMO_FLAGS[stage] + (run.stage2_extra if stage == 2 else [])
+    command = stage_command(run.entry, stage, settings, extra)
+    print(f"  stage {stage} ({run.entry}): python -m llava.train.train_mem ... (log: {command.output}.log)")
     start = time.time()
-    stream([PY, "-m", "llava.train.train_mem", *common, *args], Path(f"{folder}.log"))
-    recipe.seconds[stage] = time.time() - start
-    recipe.loss[stage] = final_loss(folder)
-    return folder
+    stream(command.command, Path(f"{command.output}.log"))
+    run.seconds[stage] = time.time() - start
+    run.loss[stage] = final_loss(command.output)
+    return command.output
 
 
 def chat(model_path: Path, image: str) -> list[dict]:
@@ -102,14 +96,11 @@ def count_parameters(model_path: Path) -> int:
         return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
 
 
-def recipes(zoo: dict, out: Path) -> list[Recipe]:
-    """The models the demo trains, in order. Later recipes use earlier outputs: the perceiver is the
-    baseline pipeline run on a second small LM, and DPA differs from the baseline only in --vision_tower."""
-    return [
-        Recipe("baseline", zoo["qwen3_lm"], zoo["qwen2_5_vl_vit"]),
-        Recipe("perceiver", zoo["qwen3_lm_b"], zoo["qwen2_5_vl_vit"]),
-        Recipe("dpa", zoo["qwen3_lm"], str(out / "perceiver-stage2"), stage2_extra=["--mm_vision_tower_lr", "2e-4"]),
-    ]
+def demo_runs() -> list[DemoRun]:
+    """The registry entries the demo trains, in order: DPA reads the perceiver's output, and differs from the
+    baseline only in its vision tower."""
+    return [DemoRun("baseline", "llava-next-qwen3-4b"), DemoRun("perceiver", "perceiver-qwen3-0.6b"),
+            DemoRun("dpa", "dpa-qwen3-4b", stage2_extra=["--mm_vision_tower_lr", "2e-4"])]
 
 
 def main(argv=None) -> int:
@@ -120,20 +111,24 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     import llava_dpa  # noqa: F401  (fails early, with instructions, if llava is not patched)
+    from llava_dpa.recipes.render import tower_path
+    from llava_dpa.recipes.paper import get
     from llava_dpa.zoo import build_zoo
+    from llava_dpa.zoo.recipes import tiny_settings
 
     print(f"[1/3] building the tiny offline zoo in {out / 'zoo'}")
     zoo = build_zoo(out / "zoo")
+    settings = tiny_settings(zoo, out / "checkpoints")
     image = f"{zoo['images']}/img_000.png"
     transcripts = {}
-    todo = recipes(zoo, out)
-    for i, recipe in enumerate(todo):
-        print(f"[2/3] training {recipe.name} ({i + 1}/{len(todo)}): vision tower {recipe.vision_tower}")
-        train_stage(recipe, 1, zoo, out)
-        final = train_stage(recipe, 2, zoo, out)
-        recipe.params = count_parameters(final)
+    todo = demo_runs()
+    for i, run in enumerate(todo):
+        print(f"[2/3] training {run.name} ({i + 1}/{len(todo)}): vision tower {tower_path(get(run.entry), settings)}")
+        train_stage(run, 1, settings)
+        final = train_stage(run, 2, settings)
+        run.params = count_parameters(final)
         print(f"  reloading {final} and chatting through llava.serve.cli")
-        transcripts[recipe.name] = chat(final, image)
+        transcripts[run.name] = chat(final, image)
 
     print(f"\n[3/3] results (image: {image})\n")
     header = f"{'model':<12} {'params':>9} {'stage-1 s':>10} {'stage-2 s':>10} {'stage-1 loss':>13} {'stage-2 loss':>13}"

@@ -11,7 +11,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-TINY_PINPOINTS = "[(32, 64), (64, 32), (64, 64)]"
+from llava_dpa.zoo.recipes import TINY_PINPOINTS  # noqa: F401  (tests import it from here)
 
 
 def run(cmd, env=None, check=True, input=None, timeout=600):
@@ -25,21 +25,31 @@ def run(cmd, env=None, check=True, input=None, timeout=600):
 
 
 def train_cmd(zoo, output, *, stage: int, lm="qwen3_lm", tower=None, version=None, extra=(), module="llava.train.train_mem"):
+    """A registry baseline's stage command on the tiny zoo (llava_dpa.zoo.recipes), with the defaults these tests
+    were written against: a CLIP tower, square images, a frozen tower, LLaVA's plain stage 1, no stage-1 input."""
+    from llava_dpa.recipes.render import stage_command
+    from llava_dpa.zoo.recipes import tiny_flags, tiny_settings
+
     tower = tower or zoo["clip"]
-    args = [PY, "-m", module, "--model_name_or_path", zoo[lm], "--vision_tower", tower, "--output_dir", str(output),
-            "--image_folder", zoo["images"], "--mm_projector_type", "mlp2x_gelu", "--mm_use_im_patch_token", "False",
-            "--per_device_train_batch_size", "4", "--report_to", "none", "--dataloader_num_workers", "0",
-            "--model_max_length", "1024", "--save_strategy", "no", "--logging_steps", "1", "--seed", "0"]
-    if "qwen2_5_vl" not in tower and "perceiver" not in tower and "dpa" not in tower:
-        args += ["--mm_vision_select_layer", "-2"]
-    else:
-        args += ["--mm_vision_select_layer", "-1"]
+    entry = "llava-next-llama3.2-3b" if lm == "llama_lm" else "llava-next-qwen3-4b"
+    not_clip = any(key in tower for key in ("qwen2_5_vl", "perceiver", "dpa"))
+    overrides = tiny_flags(stage) + [
+        "--model_name_or_path", zoo[lm], "--vision_tower", tower, "--output_dir", str(output),
+        "--mm_vision_select_layer", "-1" if not_clip else "-2", "--image_aspect_ratio", "square",
+        "--mm_patch_merge_type", "flat", "--weight_decay", "0.0", "--adam_beta2", "0.999"]
     if stage == 1:
-        args += ["--version", "plain", "--data_path", zoo["stage1_data"], "--tune_mm_mlp_adapter", "True",
-                 "--learning_rate", "1e-3", "--max_steps", "3"]
+        overrides += ["--version", "plain", "--learning_rate", "1e-3", "--max_steps", "3"]
     else:
-        args += ["--version", version or ("llama_3" if lm == "llama_lm" else "qwen_3"), "--data_path", zoo["stage2_data"],
-                 "--learning_rate", "3e-3", "--num_train_epochs", "12", "--lr_scheduler_type", "cosine"]
+        overrides += ["--version", version or ("llama_3" if lm == "llama_lm" else "qwen_3"), "--learning_rate", "3e-3",
+                      "--num_train_epochs", "12"]
+    drop = ("--pretrain_mm_mlp_adapter", "--unfreeze_mm_vision_tower", "--mm_vision_tower_lr", "--mm_projector_lr",
+            "--image_grid_pinpoints", "--lr_scheduler_kwargs", "--lr_scheduler_type", "--stage")
+    command = stage_command(entry, stage, tiny_settings(zoo, Path(output).parent), overrides, drop)
+    args = [PY, "-m", module] + command.argv
+    if stage == 1:
+        args += ["--tune_mm_mlp_adapter", "True"]
+    else:
+        args += ["--lr_scheduler_type", "cosine"]
     return args + list(extra)
 
 

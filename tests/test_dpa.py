@@ -102,14 +102,18 @@ def test_each_parameter_group_gets_its_learning_rate(zoo, perceiver, dpa_stage1,
         "--lr_scheduler_type", "constant", "--learning_rate", "1e-5", "--mm_vision_tower_lr", "2e-6",
         "--mm_projector_lr", "5e-5", "--perceiver_lr", "3e-5"])[3:])
     lrs = {g["name"].replace("_no_decay", ""): g["lr"] for g in trainer.optimizer.param_groups}
-    assert lrs == {"language_model": 1e-5, "perceiver_vit": 2e-6, "perceiver_lm": 3e-5, "projector": 5e-5}
+    assert lrs == {"language_model": 1e-5, "perceiver_vit": 2e-6, "perceiver_projector": 3e-5, "perceiver_lm": 3e-5,
+                   "projector": 5e-5}
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     for group in trainer.optimizer.param_groups:
         members = [names[id(p)] for p in group["params"]]
         if group["name"].startswith("perceiver_vit"):
             assert all("perceiver.model.vision_tower." in n for n in members)
+        elif group["name"].startswith("perceiver_projector"):
+            assert all(".perceiver.model.mm_projector." in n for n in members)
         elif group["name"].startswith("perceiver_lm"):
-            assert all(".perceiver." in n and "perceiver.model.vision_tower." not in n for n in members)
+            assert all(".perceiver." in n and "perceiver.model.vision_tower." not in n
+                       and "perceiver.model.mm_projector." not in n for n in members)
         elif group["name"].startswith("projector"):
             assert all(n.startswith("model.mm_projector") for n in members)
         else:
@@ -118,7 +122,8 @@ def test_each_parameter_group_gets_its_learning_rate(zoo, perceiver, dpa_stage1,
     default = train(argv=train_cmd(zoo, tmp_path / "p", stage=2, tower=str(perceiver), extra=[
         "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "1",
         "--lr_scheduler_type", "constant", "--learning_rate", "1e-5"])[3:])
-    assert {g["lr"] for g in default.optimizer.param_groups if g["name"].startswith("perceiver_lm")} == {1e-5}
+    assert {g["lr"] for g in default.optimizer.param_groups if g["name"].startswith("perceiver_")
+            and not g["name"].startswith("perceiver_vit")} == {1e-5}
 
 
 def test_self_contained_reload_with_the_perceiver_folder_deleted(zoo, perceiver, dpa_stage1, tmp_path):

@@ -78,7 +78,7 @@ def test_deepspeed_on_cpu(zoo, perceiver, tmp_path, zero, tower):
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
     out = tmp_path / zero
     run(train_cmd(zoo, out, stage=2, tower=path, extra=[
-        "--max_steps", "2", "--learning_rate", "1e-5", "--deepspeed", str(REPO / f"scripts/deepspeed/{zero}.json")]),
+        "--max_steps", "2", "--learning_rate", "1e-5", "--deepspeed", str(REPO / f"scripts/train/deepspeed/{zero}.json")]),
         env=env, timeout=900)
     saved = load_file(out / "model.safetensors")
     original = load_file(f"{path}/model.safetensors")

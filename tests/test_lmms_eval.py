@@ -179,13 +179,14 @@ def test_instruction_context_checkpoint_sees_the_question(dpa_stage2, perceiver,
     model = LlavaDPA(pretrained=str(ckpt), device="cpu")
     tower = model.model.get_vision_tower()
     seen = []
-    original = tower.set_contexts
+    original = tower.tower_inputs
 
     def spy(*args, **kwargs):
-        original(*args, **kwargs)
-        seen.extend(tower.perceiver_tokenizer.decode(ids) for ids in tower._context_ids)
+        inputs = original(*args, **kwargs)
+        seen.extend(tower.perceiver_tokenizer.decode(ids) for ids in inputs["contexts"])
+        return inputs
 
-    tower.set_contexts = spy
+    tower.tower_inputs = spy
     image = Image.open(f"{zoo['images']}/img_000.png").convert("RGB")
     model.generate_until(_requests(model, [{"text": "What shape is it?", "pil": image}],
                                    lambda d: {"max_new_tokens": 2}))

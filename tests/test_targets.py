@@ -7,7 +7,6 @@ import llava_dpa  # noqa: F401
 from conftest import train_cmd
 from llava.model.builder import load_pretrained_model
 from llava_dpa.language_models import TARGET_CLASSES, target_class_for
-from llava_dpa.training import cli_args
 from llava_dpa.training.train import train
 from transformers import AutoTokenizer
 
@@ -47,8 +46,14 @@ def test_bf16_run_puts_the_tower_in_the_compute_dtype(zoo, tmp_path):
     assert trainer.model.dtype == torch.bfloat16 and trainer.model.get_vision_tower().dtype == torch.bfloat16
 
 
-def test_llava_script_flags_are_translated_for_current_transformers():
-    argv = cli_args.normalize(["--evaluation_strategy", "no", "--tf32", "True", "--bf16", "True", "--output_dir", "x"])
-    assert "--eval_strategy" in argv and "--evaluation_strategy" not in argv
+def test_llava_script_flags_are_translated_for_current_transformers(tmp_path):
+    import transformers
+
+    from llava_dpa.training.run_config import TrainingArguments
+
+    parser = transformers.HfArgumentParser(TrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=["--evaluation_strategy", "no", "--tf32", "True", "--bf16", "True",
+                                                       "--output_dir", str(tmp_path)])
+    assert args.eval_strategy == "no" and args.evaluation_strategy is None
     if not torch.cuda.is_available():
-        assert "--tf32" not in argv and argv[-2:] == ["--use_cpu", "True"]
+        assert args.tf32 is None and args.use_cpu is True

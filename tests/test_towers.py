@@ -14,8 +14,8 @@ from llava_dpa.towers.siglip import SigLIPTower
 from llava_dpa.towers.siglip2 import SigLIP2Tower
 
 
-def args(name, layer=-2, feature="patch"):
-    return SimpleNamespace(mm_vision_tower=name, mm_vision_select_layer=layer, mm_vision_select_feature=feature)
+def args(name, layer=-2, feature="patch", **more):
+    return SimpleNamespace(mm_vision_tower=name, mm_vision_select_layer=layer, mm_vision_select_feature=feature, **more)
 
 
 @pytest.mark.parametrize("key,cls,layer,patches,width", [
@@ -104,11 +104,10 @@ def test_unknown_towers_fail_clearly(tmp_path):
         build_vision_tower(args(str(tmp_path)))
 
 
-def test_attention_implementation_is_sdpa_here_and_can_be_forced(zoo, monkeypatch):
+def test_attention_implementation_is_sdpa_here_and_can_be_forced(zoo):
     from llava_dpa.towers.base import attention_implementation
 
     assert attention_implementation() == "sdpa"  # no flash-attn / no GPU on this machine
-    monkeypatch.setenv("LLAVA_DPA_TOWER_ATTN", "eager")
-    assert attention_implementation() == "eager"
-    tower = build_vision_tower(args(zoo["clip"]))
+    assert attention_implementation("eager") == "eager"
+    tower = build_vision_tower(args(zoo["clip"], tower_attn_implementation="eager"))
     assert tower.vision_tower.config._attn_implementation == "eager"

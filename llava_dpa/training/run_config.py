@@ -177,12 +177,16 @@ def resolve(model_args, data_args, training_args, argv, attn_implementation=None
     weight = float(model_args.perceiver_aux_loss_weight or 0.0)
     if weight < 0:
         raise RunConfigError(f"--perceiver_aux_loss_weight {weight}: use a weight >= 0")
+    try:
+        lora_parts = parse_parts(training_args.lora_parts, "--lora_parts")
+    except ValueError as exc:
+        raise RunConfigError(str(exc)) from None
     run = RunConfig(
         model=model_args, data=data_args, training=training_args, stage=stage,
         tower_kind=tower_kind_of(model_args.vision_tower),
         attn_implementation=resolve_attn_implementation(attn_implementation),
         image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
-        lora_parts=parse_parts(training_args.lora_parts, "--lora_parts"),
+        lora_parts=lora_parts,
         aux_loss_weight=weight if stage in aux_stages else 0.0, argv=list(argv))
     validate(run)
     return run
