@@ -12,6 +12,8 @@ setup(
     version="0.1.0",
     description="Deep Pre-Alignment for LLaVA: a perceiver VLM as a drop-in vision tower",
     packages=find_packages(include=["llava_dpa", "llava_dpa.*"]),
+    # the registry refers to its DeepSpeed configs, so they ship with the package (scripts/train/deepspeed links here)
+    package_data={"llava_dpa.recipes": ["deepspeed/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -28,6 +30,7 @@ setup(
         "shortuuid",
         "tqdm",
         "einops",
+        "pyyaml",
     ],
     extras_require={
         "qlora": ["bitsandbytes>=0.45"],

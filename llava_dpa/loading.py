@@ -48,7 +48,9 @@ def _read_non_lora(model_path: str) -> dict:
         raise CheckpointError(f"{model_path}: a LoRA checkpoint needs non_lora_trainables.bin next to the adapter")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {(k[len("base_model.model."):] if k.startswith("base_model.model.") else k): v for k, v in state.items()}
-    return state
+    # A module that also has LoRA (e.g. the perceiver's layers under --lora_parts) keeps its own weight under
+    # PEFT's `base_layer`; the unwrapped model names it without. The adapter is merged on top afterwards.
+    return {k.replace(".base_layer.", "."): v for k, v in state.items()}
 
 
 def _tokenizer(model_path: str, model_base: str | None):

@@ -7,6 +7,8 @@ from llava_dpa.analysis.frechet import NotEnoughTokens, RunningMoments, frechet_
 from llava_dpa.analysis.similarity import layer_similarity, linear_cka
 from llava_dpa.analysis.weight_updates import intruder_dimensions, update_density
 
+pytestmark = pytest.mark.fast  # pure logic: no training subprocess
+
 
 def moments(x):
     m = RunningMoments(x.shape[1])

@@ -1,5 +1,9 @@
 """Parameter counts from published configs reproduce the paper's Table 5 sizes."""
+import pytest
+
 from llava_dpa.analysis.cost import count, sizes
+
+pytestmark = pytest.mark.fast  # pure logic: no training subprocess
 
 
 def test_language_model_sizes_from_configs():

@@ -214,3 +214,39 @@ def test_recipe_list_show_and_dry_run(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out.strip() == str(tmp_path / "perceiver-10k")
     assert cli_main(["recipe", "show", "no-such-row"]) == 2
     assert "unknown recipe 'no-such-row'" in capsys.readouterr().err
+
+
+def flags_of(argv):
+    parsed, key = {}, None
+    for token in argv:
+        if token.startswith("--"):
+            key = token
+            parsed[key] = []
+        else:
+            parsed[key].append(token)
+    return parsed
+
+
+@pytest.mark.parametrize("baseline,dpa", [("llava-next-qwen3-4b", "dpa-qwen3-4b"),
+                                          ("llava-next-llama3.2-3b", "dpa-llama3.2-3b"),
+                                          ("llava-next-qwen3-32b", "dpa-qwen3-32b")])
+def test_a_dpa_row_differs_from_its_baseline_only_in_the_tower(baseline, dpa):
+    for stage in (1, 2):
+        b, d = (flags_of(stage_command(name, stage, SETTINGS).argv) for name in (baseline, dpa))
+        changed = {k for k in set(b) | set(d) if b.get(k) != d.get(k)}
+        allowed = {"--vision_tower", "--output_dir", "--pretrain_mm_mlp_adapter"}
+        if stage == 2:
+            allowed |= {"--unfreeze_mm_vision_tower", "--lora_parts"}  # a ViT flag; the tower's LoRA parts
+        assert "--vision_tower" in changed and changed <= allowed, (stage, changed - allowed)
+
+
+@pytest.mark.parametrize("variant,flags", [
+    ("dpa-qwen3-4b-instruction-context", {"--perceiver_instruction_context"}),
+    ("dpa-qwen3-4b-frozen-perceiver", {"--freeze_perceiver", "--mm_vision_tower_lr"}),
+    ("dpa-qwen3-4b-untrained-perceiver-multitask", {"--perceiver_aux_loss_weight", "--perceiver_aux_loss_stages"})])
+def test_a_table4_variant_differs_from_its_parent_only_in_its_flags(variant, flags):
+    entry = REGISTRY[variant]
+    parent = type(entry).__mro__[1]()
+    v, p = (flags_of(stage_command(e, 2, SETTINGS).argv) for e in (entry, parent))
+    changed = {k for k in set(v) | set(p) if v.get(k) != p.get(k)} - {"--output_dir"}
+    assert changed == flags

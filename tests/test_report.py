@@ -7,6 +7,8 @@ import pytest
 from conftest import PY, run
 from llava_dpa.eval.report import BENCHMARKS, build_table
 
+pytestmark = pytest.mark.fast  # pure logic: no training subprocess
+
 # Table 1, per benchmark, in BENCHMARKS order: MMVet MMStar SeedBench2+ MMMU MathVista MathVision OCRBench AI2D
 # MATH-500 MMLU-Redux GPQA-Diamond; followed by the paper's General, Reasoning, Perception, Text, Multi, All.
 PAPER = {

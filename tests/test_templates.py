@@ -11,6 +11,8 @@ from llava_dpa.data.tokenization import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava_dpa.templates import infer_conv_mode, resolve_conv_mode
 from llava_dpa.training.model_setup import ensure_pad_token
 
+pytestmark = pytest.mark.fast  # pure logic: no training subprocess
+
 CASES = [("qwen_3", "qwen3_lm", {"enable_thinking": False}, "<|im_end|>"), ("llama_3", "llama_lm", {}, "<|eot_id|>")]
 DIALOG = [("user", "What is 2 plus 3?"), ("assistant", "five"), ("user", "What shape is it?"), ("assistant", "a square")]
 

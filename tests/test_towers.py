@@ -13,6 +13,8 @@ from llava_dpa.towers.registry import UnknownVisionTowerError, build_vision_towe
 from llava_dpa.towers.siglip import SigLIPTower
 from llava_dpa.towers.siglip2 import SigLIP2Tower
 
+pytestmark = pytest.mark.fast  # pure logic: no training subprocess
+
 
 def args(name, layer=-2, feature="patch", **more):
     return SimpleNamespace(mm_vision_tower=name, mm_vision_select_layer=layer, mm_vision_select_feature=feature, **more)
