@@ -5,9 +5,28 @@ old, so it is installed with --no-deps (see the Makefile) and then patched (`lla
 Ranges admit both the CPU stack tested here (torch 2.13, transformers 4.57.6) and current GPU stacks;
 `constraints.txt` pins the tested versions.
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+class BuildPyWithPatches(build_py):
+    """patches/ stays at the top of the repository (the requested layout); a built wheel carries a copy in
+    llava_dpa/llava_integration/patches, where an installed `llava-dpa patch-llava` finds it."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "llava_dpa" / "llava_integration" / "patches"
+        target.mkdir(parents=True, exist_ok=True)
+        for patch in sorted((HERE / "patches").glob("*.patch")):
+            self.copy_file(str(patch), str(target / patch.name))
+
 
 setup(
+    cmdclass={"build_py": BuildPyWithPatches},
     name="llava-dpa",
     version="0.1.0",
     description="Deep Pre-Alignment for LLaVA: a perceiver VLM as a drop-in vision tower",

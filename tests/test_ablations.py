@@ -199,7 +199,8 @@ def test_nonsensical_combinations_are_refused(zoo, perceiver, tmp_path):
 
 def test_stage1_instruction_context_is_refused_so_the_caption_is_never_shown(zoo, perceiver, tmp_path):
     """In stage 1 the text beside the image is the caption the model must predict: the run is refused."""
-    cmd = train_cmd(zoo, tmp_path / "s1", stage=1, tower=str(perceiver), extra=["--perceiver_instruction_context", "True"])
+    cmd = train_cmd(zoo, tmp_path / "s1", stage=1, tower=str(perceiver), extra=[
+        "--perceiver_instruction_context", "True", "--version", "qwen_3"])  # the registry's stage-1 chat template
     with pytest.raises(ValueError, match=r"--perceiver_instruction_context True in stage 1"):
         train(argv=cmd[3:])
     assert not (tmp_path / "s1").exists()  # refused before anything is written

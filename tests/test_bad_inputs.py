@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 import llava_dpa  # noqa: F401
 from conftest import run, train_cmd
 from llava import conversation as conversation_lib
-from llava_dpa.data.dataset import LazySupervisedDataset, SampleError
+from llava_dpa.data.dataset import DataSpec, LazySupervisedDataset, SampleError
 from llava_dpa.towers.registry import build_vision_tower
 
 GOOD = {"id": "good", "image": "img_000.png", "conversations": [
@@ -20,12 +20,12 @@ def make_dataset(zoo, tmp_path, records, strict=False, max_len=1024):
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
     tok = AutoTokenizer.from_pretrained(zoo["qwen3_lm"], model_max_length=max_len)
-    conversation_lib.default_conversation = conversation_lib.conv_templates["qwen_3"]
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=zoo["clip"], mm_vision_select_layer=-2))
-    data_args = SimpleNamespace(data_path=str(path), image_folder=zoo["images"], image_processor=tower.image_processor,
-                                is_multimodal=True, image_aspect_ratio="square", strict_data=strict,
-                                tokens_per_image=tower.num_patches, mm_use_im_start_end=False)
-    return LazySupervisedDataset(str(path), tok, data_args)
+    # the dataset holds its template; LLaVA's global default_conversation is left alone
+    spec = DataSpec(conversation=conversation_lib.conv_templates["qwen_3"], image_folder=zoo["images"],
+                    image_processor=tower.image_processor, image_aspect_ratio="square", strict=strict,
+                    tokens_per_image=tower.num_patches)
+    return LazySupervisedDataset(str(path), tok, spec)
 
 
 def bad(**changes):

@@ -11,8 +11,8 @@ from llava_dpa.zoo.data import COLORS, SHAPES
 IMAGE = "img_000.png"
 
 
-def chat(model_path, image, questions, extra=()):
-    proc = run([PY, "-m", "llava.serve.cli", "--model-path", str(model_path), "--image-file", image, "--device", "cpu",
+def chat(model_path, image, questions, extra=(), python=PY):
+    proc = run([python, "-m", "llava.serve.cli", "--model-path", str(model_path), "--image-file", image, "--device", "cpu",
                 "--temperature", "0", "--max-new-tokens", "6", "--debug", *extra], input="\n".join(questions) + "\n\n")
     turns = [ast.literal_eval(m) for m in re.findall(r"^ (\{'prompt'.*\}) $", proc.stdout, flags=re.M)]
     return proc, turns

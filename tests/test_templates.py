@@ -37,7 +37,7 @@ def test_generation_prompt_equals_chat_template_token_for_token(zoo, version, lm
     prompt = conversation(version, history, generation=True).get_prompt()
     assert prompt == tok.apply_chat_template(messages(history), add_generation_prompt=True, tokenize=False, **kw)
     assert tokenizer_image_token(prompt, tok) == tok.apply_chat_template(
-        messages(history), add_generation_prompt=True, tokenize=True, **kw)
+        messages(history), add_generation_prompt=True, tokenize=True, return_dict=False, **kw)
 
 
 @pytest.mark.parametrize("version,lm,kw,end", CASES)
@@ -47,7 +47,8 @@ def test_training_labels_are_exactly_the_replies_and_end_tokens(zoo, version, lm
     out = preprocess_chat([source], tok, conv_templates[version])
     ids, labels = out["input_ids"][0], out["labels"][0]
     # the whole sequence is the chat template's own tokenization of the conversation
-    assert ids.tolist() == tok.apply_chat_template(messages(DIALOG), tokenize=True, **kw)
+    # return_dict=False: transformers 5 returns a BatchEncoding otherwise
+    assert ids.tolist() == tok.apply_chat_template(messages(DIALOG), tokenize=True, return_dict=False, **kw)
     kept = labels[labels != IGNORE_INDEX].tolist()
     expected = tok("five" + end, add_special_tokens=False).input_ids + tok("a square" + end, add_special_tokens=False).input_ids
     assert kept == expected

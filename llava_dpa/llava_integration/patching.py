@@ -31,10 +31,19 @@ class LlavaNotPatchedError(ImportError):
 
 
 def patches_dir() -> Path:
+    """The repository's patches/ in a source checkout (or an editable install); the copy a built wheel
+    carries next to this module otherwise. LLAVA_DPA_PATCHES names another folder."""
     env = os.environ.get("LLAVA_DPA_PATCHES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "patches"
+    checkout = Path(__file__).resolve().parents[2] / "patches"
+    if checkout.is_dir():
+        return checkout
+    packaged = Path(__file__).resolve().parent / "patches"
+    if packaged.is_dir():
+        return packaged
+    raise FileNotFoundError(f"no patches folder: neither {checkout} (a source checkout) nor {packaged} (an installed "
+                            f"wheel); reinstall llava-dpa or set LLAVA_DPA_PATCHES")
 
 
 def _imported_site_dir() -> Path | None:

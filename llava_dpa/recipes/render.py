@@ -186,12 +186,20 @@ def merge_flags(base: list[str], overrides: list[str], drop: tuple[str, ...] = (
 
 
 def launcher_prefix(settings: Settings) -> list[str]:
-    if settings.launcher == "deepspeed":
-        return ["deepspeed", "--num_gpus", str(settings.gpus_per_node), "--module", "llava.train.train_mem",
-                "--deepspeed", settings.deepspeed_file()]
-    if settings.launcher == "torchrun":
-        return ["torchrun", "--nproc_per_node", str(settings.gpus_per_node), "-m", "llava.train.train_mem"]
-    return [settings.python, "-m", "llava.train.train_mem"]
+    s = settings
+    if s.launcher == "deepspeed":
+        nodes = ["--hostfile", s.hostfile, "--num_nodes", str(s.nodes)] if s.nodes > 1 else []
+        master = ["--master_addr", s.master_addr, "--master_port", str(s.master_port)] if s.master_addr else []
+        return ["deepspeed", *nodes, *master, "--num_gpus", str(s.gpus_per_node), "--module", "llava.train.train_mem",
+                "--deepspeed", s.deepspeed_file()]
+    if s.launcher == "torchrun":
+        nodes = []
+        if s.nodes > 1:
+            nodes = ["--nnodes", str(s.nodes), "--rdzv_backend", "c10d", "--rdzv_endpoint",
+                     f"{s.master_addr}:{s.master_port}", "--rdzv_id", "llava-dpa"]
+            nodes += ["--node_rank", str(s.node_rank)] if s.node_rank >= 0 else []
+        return ["torchrun", *nodes, "--nproc_per_node", str(s.gpus_per_node), "-m", "llava.train.train_mem"]
+    return [s.python, "-m", "llava.train.train_mem"]
 
 
 def stage_command(entry: Recipe | str, stage: int, settings: Settings, overrides: list[str] = (),

@@ -33,7 +33,12 @@ class SettingsError(ValueError):
 class Settings:
     paths: dict = field(default_factory=lambda: {k: f"/path/to/{k}" for k in PATH_KEYS} | {"checkpoints": "checkpoints"})
     launcher: str = "deepspeed"
+    nodes: int = 1
     gpus_per_node: int = 8
+    hostfile: str = ""                 # deepspeed: the hostfile of a multi-node run
+    master_addr: str = ""              # the first node's address (deepspeed --master_addr, torchrun rendezvous)
+    master_port: int = 29500
+    node_rank: int = -1                # torchrun: this node's rank (-1: let the c10d rendezvous assign it)
     per_device_batch: int = 8          # Table 6 ("Batch Size 8" per device)
     deepspeed_config: str = "zero2"    # zero2 | zero3 | zero3_offload | a JSON file
     precision: str = "bf16"
@@ -50,7 +55,7 @@ class Settings:
         return Path(self.path("checkpoints"))
 
     def grad_accumulation(self, global_batch: int) -> int:
-        per_step = self.gpus_per_node * self.per_device_batch
+        per_step = self.nodes * self.gpus_per_node * self.per_device_batch
         return max(1, global_batch // per_step)
 
     def deepspeed_file(self) -> str:
@@ -66,7 +71,13 @@ class Settings:
             raise SettingsError(f"launcher {self.launcher!r}: use one of {', '.join(LAUNCHERS)}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        for name in ("gpus_per_node", "per_device_batch"):
+        if self.nodes > 1 and self.launcher == "python":
+            raise SettingsError(f"nodes: {self.nodes} needs launcher deepspeed or torchrun")
+        if self.nodes > 1 and self.launcher == "torchrun" and not self.master_addr:
+            raise SettingsError("a multi-node torchrun needs master_addr (the rendezvous host)")
+        if self.nodes > 1 and self.launcher == "deepspeed" and not self.hostfile:
+            raise SettingsError("a multi-node deepspeed run needs hostfile (one 'host slots=N' line per node)")
+        for name in ("nodes", "gpus_per_node", "per_device_batch"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be a whole number >= 1 (got {getattr(self, name)!r})")
         return self
@@ -106,6 +117,7 @@ def load_settings(file: str | None = None, environ: dict | None = None, base: Se
         settings = _apply(settings, loaded, file)
     keys = set(PATH_KEYS) | {f.name for f in fields(Settings)} - {"paths"}
     from_env = {k: yaml.safe_load(environ[env_name(k)]) for k in keys if env_name(k) in environ}
-    from_env = {k: (str(v) if k in PATH_KEYS or k in ("launcher", "precision", "deepspeed_config", "python") else v)
+    from_env = {k: (str(v) if k in PATH_KEYS or k in ("launcher", "precision", "deepspeed_config", "python", "hostfile",
+                                                      "master_addr") else v)
                 for k, v in from_env.items()}
     return _apply(settings, from_env, "environment").validated()

@@ -17,7 +17,7 @@ QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 class Qwen2_5_VLTower(VisionTower):
-    model_types = ("qwen2_5_vl",)
+    model_types = ("qwen2_5_vl", "qwen2_5_vl_vision")  # a full Qwen2.5-VL, or its vision config as transformers 5 saves it
     checkpoint_prefixes = ("", "visual.", "model.visual.", "model.vision_tower.vision_tower.")
 
     def validate_select_feature(self):
@@ -73,5 +73,7 @@ class Qwen2_5_VLTower(VisionTower):
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(n * gh * gw, c * t * p * p)
         grid = torch.tensor([[1, gh, gw]] * n, device=pixel_values.device)
         out = self.vision_tower(x, grid_thw=grid)
-        out = out if torch.is_tensor(out) else out.last_hidden_state
+        # transformers 4.57 returns the merged tokens; 5.x returns an output whose pooler_output holds them
+        # (its last_hidden_state is the ViT's before the merger)
+        out = out if torch.is_tensor(out) else out.pooler_output
         return out.reshape(n, (gh // m) * (gw // m), -1)

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from typing import Optional
 
@@ -82,6 +82,10 @@ class DataArguments(llava_train.DataArguments):
     strict_data: bool = field(default=False, metadata={"help": "Stop on the first bad sample instead of skipping it."})
 
 
+# transformers 5 folded --warmup_ratio into --warmup_steps (a float below 1 is a ratio); LLaVA's scripts pass it.
+_HAS_WARMUP_RATIO = "warmup_ratio" in {f.name for f in fields(llava_train.TrainingArguments)}
+
+
 @dataclass
 class TrainingArguments(llava_train.TrainingArguments):
     mm_vision_tower_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the (perceiver) ViT."})
@@ -97,12 +101,19 @@ class TrainingArguments(llava_train.TrainingArguments):
     mir_probe_count: int = field(default=64, metadata={"help": "Probes measured at every save."})
     evaluation_strategy: Optional[str] = field(default=None, metadata={
         "help": "Deprecated name of --eval_strategy (LLaVA's shipped scripts use it); translated."})
+    if not _HAS_WARMUP_RATIO:
+        warmup_ratio: Optional[float] = field(default=None, metadata={
+            "help": "Linear warmup over this fraction of the steps (transformers 5: --warmup_steps RATIO); translated."})
 
     def __post_init__(self):
         # LLaVA's scripts pass flags that current transformers renamed or rejects on a CPU machine.
         if self.evaluation_strategy is not None:
             warnings.warn("--evaluation_strategy is now --eval_strategy in transformers; translated")
             self.eval_strategy, self.evaluation_strategy = self.evaluation_strategy, None
+        if not _HAS_WARMUP_RATIO and self.warmup_ratio is not None:
+            if self.warmup_steps:
+                raise RunConfigError("--warmup_ratio and --warmup_steps both given; give one of them")
+            self.warmup_steps, self.warmup_ratio = self.warmup_ratio, None
         if not torch.cuda.is_available():
             if self.tf32:
                 warnings.warn("--tf32 needs a CUDA GPU; ignored on this CPU machine")
