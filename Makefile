@@ -1,32 +1,42 @@
 # Fresh machine: `make demo` or `make test` runs the set-up first.
-VENV ?= .venv
+#
+# The two transformers lines this project supports and tests (setup.py admits exactly these):
+TRANSFORMERS_4 := 4.57.6
+TRANSFORMERS_5 := 5.24.0
+# `make setup TRANSFORMERS=5.24.0` chooses the line; each line has its own virtualenv.
+TRANSFORMERS ?= $(TRANSFORMERS_4)
+VENV ?= $(if $(filter 5.%,$(TRANSFORMERS)),.venv-tf5,.venv)
 PY := $(VENV)/bin/python
 # The CPU wheel is local here; on a GPU cluster use e.g. TORCH_SPEC="torch==2.5.1" with your CUDA index.
 TORCH_SPEC ?= torch==2.13.0
 LLAVA_SPEC := llava-torch==1.2.2.post1
+SETUP_STAMP := $(VENV)/.setup-$(TRANSFORMERS)
+EVAL_STAMP := $(VENV)/.eval-$(TRANSFORMERS)
 
-.PHONY: setup setup-eval demo test test-fast patch-check clean
+.PHONY: setup setup-eval demo test test-line test-fast patch-check clean
 
-setup: $(VENV)/.setup-done
+setup: $(SETUP_STAMP)
 
-$(VENV)/.setup-done: setup.py constraints.txt $(wildcard patches/*.patch)
+$(SETUP_STAMP): setup.py constraints.txt $(wildcard patches/*.patch)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" "transformers==$(TRANSFORMERS)"
 	# llava's own pins are obsolete: install it without them, then apply patches/ to it.
 	$(PY) -m pip install -q --no-deps $(LLAVA_SPEC)
 	# torchvision breaks transformers' CLIP import beside the CPU torch wheel; the PIL processors need none.
 	-$(PY) -m pip uninstall -q -y torchvision
 	$(VENV)/bin/llava-dpa patch-llava
+	rm -f $(VENV)/.setup-* $(VENV)/.eval-*
 	touch $@
 
 # lmms-eval (the evaluation harness) with the model stack held at the installed versions, so it cannot move
-# torch or transformers; constraints-eval.txt says what must move instead.
-HELD := torch|transformers|tokenizers|accelerate|peft|safetensors|numpy|huggingface_hub|bitsandbytes|deepspeed
-setup-eval: $(VENV)/.eval-done
+# torch (to a CUDA build) or, on the 4.57 line, transformers (to 5.x); on the 5 line lmms-eval accepts the
+# installed transformers, so it is not held. constraints-eval.txt says what must move instead.
+HELD := torch|accelerate|peft|safetensors|numpy|bitsandbytes|deepspeed$(if $(filter 4.%,$(TRANSFORMERS)),|transformers|tokenizers|huggingface_hub)
+setup-eval: $(EVAL_STAMP)
 
-$(VENV)/.eval-done: $(VENV)/.setup-done constraints-eval.txt
+$(EVAL_STAMP): $(SETUP_STAMP) constraints-eval.txt
 	$(PY) -m pip freeze | grep -i -E '^($(HELD))==' > $(VENV)/held.txt
 	$(PY) -m pip install -q -c $(VENV)/held.txt -c constraints-eval.txt -e ".[eval]"
 	-$(PY) -m pip uninstall -q -y torchvision
@@ -35,8 +45,20 @@ $(VENV)/.eval-done: $(VENV)/.setup-done constraints-eval.txt
 demo: setup
 	$(PY) -m llava_dpa.demo
 
-test: setup setup-eval
-	$(PY) -m pytest -q tests
+# Both lines, one after the other, each in its own virtualenv; each line's cross-line test loads its
+# checkpoints with the other line's python (tests/test_cross_line.py).
+test:
+	$(MAKE) setup setup-eval TRANSFORMERS=$(TRANSFORMERS_4)
+	$(MAKE) setup setup-eval TRANSFORMERS=$(TRANSFORMERS_5)
+	rc=0; \
+	$(MAKE) test-line TRANSFORMERS=$(TRANSFORMERS_4) OTHER_VENV=.venv-tf5 || rc=1; \
+	$(MAKE) test-line TRANSFORMERS=$(TRANSFORMERS_5) OTHER_VENV=.venv || rc=1; \
+	exit $$rc
+
+# One line's whole suite: make test-line TRANSFORMERS=5.24.0
+test-line: setup setup-eval
+	@echo "== transformers $(TRANSFORMERS) ($(VENV))"
+	LLAVA_DPA_OTHER_PYTHON=$(if $(OTHER_VENV),$(CURDIR)/$(OTHER_VENV)/bin/python) $(PY) -m pytest -q tests
 
 # The fast tier: pure logic, no training subprocess (pytest marker `fast`).
 test-fast: setup
@@ -46,4 +68,4 @@ patch-check: setup
 	$(VENV)/bin/llava-dpa patch-llava --check
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf .venv .venv-tf5 demo_output .pytest_cache build dist

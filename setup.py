@@ -2,8 +2,8 @@
 
 llava-torch is deliberately NOT a dependency here: its pins (torch 2.0, transformers 4.36) are far too
 old, so it is installed with --no-deps (see the Makefile) and then patched (`llava-dpa patch-llava`).
-Ranges admit both the CPU stack tested here (torch 2.13, transformers 4.57.6) and current GPU stacks;
-`constraints.txt` pins the tested versions.
+Ranges admit both the CPU stack tested here (torch 2.13; transformers 4.57.6 and 5.24) and current GPU
+stacks (torch 2.11, transformers 5.17); `constraints.txt` pins the other tested versions.
 """
 from pathlib import Path
 
@@ -11,6 +11,9 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
+# Exactly the tested transformers: the 4.57 line (4.57.6) and 5.17 through 5.24 (the GPU images ship 5.17;
+# 5.24 is the newest the CI runs). 5.0-5.16 are excluded: untested.
+TRANSFORMERS = "transformers>=4.57.6,<5.25," + ",".join(f"!=5.{minor}.*" for minor in range(17))
 
 
 class BuildPyWithPatches(build_py):
@@ -36,7 +39,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.57.6,<6",
+        TRANSFORMERS,
         "tokenizers>=0.20",
         "peft>=0.13",
         "accelerate>=1.0",

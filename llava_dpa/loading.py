@@ -53,9 +53,29 @@ def _read_non_lora(model_path: str) -> dict:
     return {k.replace(".base_layer.", "."): v for k, v in state.items()}
 
 
+def load_tokenizer(folder, **kwargs):
+    """AutoTokenizer, reading a tokenizer that the other transformers line saved. transformers 5 writes a
+    generic fast tokenizer as `tokenizer_class: TokenizersBackend` and its added special tokens as a list
+    named `extra_special_tokens`; 4.57 has no such class and calls that list `additional_special_tokens`.
+    Under 4.x both are translated; the tokenizer.json itself is the same on both lines."""
+    import transformers
+
+    config_path = Path(folder) / "tokenizer_config.json"
+    if transformers.__version__.startswith("4.") and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("extra_special_tokens"), list):
+            kwargs.setdefault("additional_special_tokens", config["extra_special_tokens"])
+            kwargs["extra_special_tokens"] = {}
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
+    return AutoTokenizer.from_pretrained(folder, **kwargs)
+
+
 def _tokenizer(model_path: str, model_base: str | None):
     source = model_path if (Path(model_path) / "tokenizer_config.json").is_file() else model_base
-    return AutoTokenizer.from_pretrained(source)
+    return load_tokenizer(source)
 
 
 def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
@@ -152,11 +172,11 @@ def _load_language_model(model_path, model_base, load_kwargs):
     if model_base is not None:
         from peft import PeftModel
 
-        tokenizer = AutoTokenizer.from_pretrained(model_base)
+        tokenizer = load_tokenizer(model_base)
         model = AutoModelForCausalLM.from_pretrained(model_base, low_cpu_mem_usage=True, **load_kwargs)
         model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = load_tokenizer(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, low_cpu_mem_usage=True, **load_kwargs)
     context_len = getattr(model.config, "max_sequence_length", 2048)
     return tokenizer, model, None, context_len

@@ -14,10 +14,11 @@ PY = sys.executable
 from llava_dpa.zoo.recipes import TINY_PINPOINTS  # noqa: F401  (tests import it from here)
 
 
-def run(cmd, env=None, check=True, input=None, timeout=600):
+def run(cmd, env=None, check=True, input=None, timeout=600, cwd=REPO):
     """Run a command (list) and return the CompletedProcess; on failure show its output."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-    proc = subprocess.run(cmd, env=full_env, input=input, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    proc = subprocess.run([str(c) for c in cmd], env=full_env, input=input, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
                              f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")

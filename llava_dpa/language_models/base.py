@@ -88,6 +88,22 @@ class LlavaCausalLMMixin:
         return inputs
 
 
+def rope_settings_for_this_line(kwargs: dict) -> dict:
+    """transformers 5 saves RoPE as `rope_parameters` ({rope_theta, rope_type, ...}) without the top-level
+    `rope_theta`/`rope_scaling` that 4.57 reads; 4.57 would silently fall back to its default theta (10000
+    where Qwen3 uses 1e6). Under 4.x the saved values are moved back where 4.57 reads them."""
+    import transformers
+
+    rope = kwargs.get("rope_parameters")
+    if not transformers.__version__.startswith("4.") or not isinstance(rope, dict) or "rope_theta" in kwargs:
+        return kwargs
+    kwargs = dict(kwargs)
+    kwargs["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default":
+        kwargs.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    return kwargs
+
+
 def make_llava_classes(family: str, config_cls, base_model_cls, causal_lm_cls):
     """Build (Config, Model, ForCausalLM) LLaVA classes for one language-model family.
 
@@ -96,8 +112,12 @@ def make_llava_classes(family: str, config_cls, base_model_cls, causal_lm_cls):
     from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
     title = "".join(part.capitalize() for part in family.split("_"))
+
+    def config_init(self, **kwargs):
+        config_cls.__init__(self, **rope_settings_for_this_line(kwargs))
+
     config = type(f"Llava{title}Config" if family != "llama" else "LlavaConfig", (config_cls,),
-                  {"model_type": f"llava_{family}"})
+                  {"model_type": f"llava_{family}", "__init__": config_init})
 
     def model_init(self, cfg):
         super(model, self).__init__(cfg)

@@ -61,9 +61,7 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
 def reinitialise_perceiver_lm(perceiver: str, output: str, seed: int = 0) -> Path:
     """A trained perceiver with its LM blocks re-initialised; its ViT and projector keep their trained weights
     (Table 4 "w/o perceiver LM pre-training", read as Section 4.2 states its ablations: from the 1M perceiver)."""
-    from transformers import AutoTokenizer
-
-    from llava_dpa.loading import load_pretrained_model
+    from llava_dpa.loading import load_pretrained_model, load_tokenizer
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):
@@ -75,7 +73,7 @@ def reinitialise_perceiver_lm(perceiver: str, output: str, seed: int = 0) -> Pat
     model.config.perceiver_origin = {"reinitialised_lm_of": perceiver, "seed": seed}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(perceiver).save_pretrained(out)
+    load_tokenizer(perceiver).save_pretrained(out)
     return out
 
 

@@ -37,7 +37,8 @@ class PerceiverTower(VisionTower):
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__(vision_tower, args, delay_load=delay_load)
-        self.register_buffer("prefix", torch.tensor(self.prefix_ids, dtype=torch.long), persistent=False)
+        # The prefix stays a list, made into a tensor where it is used: a non-persistent buffer is not in the
+        # checkpoint, and transformers 5 builds models on the meta device, so it would come back uninitialised.
         layers = self.perceiver.config.num_hidden_layers
         if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
             raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
@@ -87,8 +88,7 @@ class PerceiverTower(VisionTower):
         pass
 
     def read_prefix_ids(self) -> list[int]:
-        from transformers import AutoTokenizer
-
+        from llava_dpa.loading import load_tokenizer
         from llava_dpa.perceiver.prompt import prefix_ids
 
         folder = Path(self.perceiver_path)
@@ -96,7 +96,7 @@ class PerceiverTower(VisionTower):
             raise PerceiverError(
                 f"the perceiver {folder} has no tokenizer: its prompt prefix is built with its own tokenizer (which may "
                 f"differ from the target's). Save the perceiver LM's tokenizer into {folder}.")
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         return prefix_ids(tokenizer, self.tower_config_dict.get("conv_version"))
 
     @property
@@ -128,6 +128,9 @@ class PerceiverTower(VisionTower):
         return key == "lm_head.weight" and getattr(self.perceiver.config, "tie_word_embeddings", False)
 
     def mark_loaded(self):
+        """The outer checkpoint filled the perceiver. Its LM head is tied to its embeddings when its config says
+        so; transformers 5 loads the nested head as an untied copy, so tie it again."""
+        self.perceiver.tie_weights()
         self.vit.mark_loaded()
         self.is_loaded = True
 
@@ -139,7 +142,8 @@ class PerceiverTower(VisionTower):
         visual = inner.mm_projector(self.vit(pixel_values))
         n, tokens, _ = visual.shape
         if contexts is None:  # instruction-agnostic: the same prefix for every tile
-            prefix = inner.embed_tokens(self.prefix.to(visual.device)).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
+            ids = torch.tensor(self.prefix_ids, dtype=torch.long, device=visual.device)
+            prefix = inner.embed_tokens(ids).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
             inputs, mask, positions, start = torch.cat([prefix, visual], dim=1), None, None, prefix.shape[1]
         else:
             if len(contexts) != n:
@@ -170,14 +174,14 @@ class PerceiverTower(VisionTower):
         auxiliary loss's conversation)."""
         self.target_tokenizer = target_tokenizer
         if (self.instruction_context or perceiver_tokenizer_needed) and self.perceiver_tokenizer is None:
-            from transformers import AutoTokenizer
+            from llava_dpa.loading import load_tokenizer
 
             candidates = [c for c in (perceiver_tokenizer_dir, self.perceiver_path) if c]
             source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
             if source is None:
                 raise PerceiverError(f"the instruction context and the auxiliary loss need the perceiver's tokenizer; "
                                      f"none in {candidates}")
-            self.perceiver_tokenizer = AutoTokenizer.from_pretrained(source)
+            self.perceiver_tokenizer = load_tokenizer(source)
 
     def save_extras(self, output_dir: str) -> None:
         if self.instruction_context and self.perceiver_tokenizer is not None:

@@ -171,6 +171,29 @@ class VisionTower(nn.Module, ABC):
         return self.num_patches_per_side ** 2
 
 
+class VisionModelLayout(nn.Module):
+    """An HF vision model held under `vision_model`: the parameter layout of transformers 4.57's CLIP and SigLIP
+    vision models and of their Hub checkpoints. transformers 5 dropped that level; holding the model under it
+    keeps a trained checkpoint's keys (model.vision_tower.vision_tower.vision_model.*) the same on both lines."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.vision_model = model
+
+    @property
+    def config(self):
+        return self.vision_model.config
+
+    def forward(self, *args, **kwargs):
+        return self.vision_model(*args, **kwargs)
+
+
+def with_vision_model_level(model: nn.Module) -> nn.Module:
+    if any(key.startswith("vision_model.") for key in model.state_dict()):
+        return model
+    return VisionModelLayout(model)
+
+
 class HiddenStateTower(VisionTower):
     """Towers whose features are a hidden-state layer chosen by select_layer (CLIP, SigLIP)."""
 
@@ -185,7 +208,7 @@ class HiddenStateTower(VisionTower):
             else config_dict
         config = self.config_cls(**{k: v for k, v in vision.items() if k != "model_type"})
         config._attn_implementation = self.attn_implementation
-        return self.model_cls(config)
+        return with_vision_model_level(self.model_cls(config))
 
     def encode(self, pixel_values):
         out = self.vision_tower(pixel_values, output_hidden_states=True)

@@ -93,10 +93,15 @@ def load_state_dict(name_or_path: str, filter_prefixes: tuple[str, ...] | None =
 def select_submodule_state(state: dict, module: torch.nn.Module, prefixes: tuple[str, ...], source: str) -> dict:
     """Find the prefix under which `module`'s parameters are stored in `state` and strip it."""
     wanted = set(module.state_dict().keys())
+    # A folder saved without the module's first level (a CLIP/SigLIP vision model saved by transformers 5,
+    # which has no `vision_model` level) is read with it added.
+    first = {k.split(".", 1)[0] for k in wanted}
+    levels = ("", next(iter(first)) + ".") if len(first) == 1 else ("",)
     for prefix in prefixes:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if wanted and wanted.issubset(sub):
-            return {k: v for k, v in sub.items() if k in wanted}
+        for level in levels:
+            sub = {level + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if wanted and wanted.issubset(sub):
+                return {k: v for k, v in sub.items() if k in wanted}
     sample = sorted(state)[:5]
     raise KeyError(f"{source}: could not find the tower's weights under any of the prefixes {list(prefixes)}; "
                    f"the checkpoint's first keys are {sample}")

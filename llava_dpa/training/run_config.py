@@ -19,6 +19,7 @@ import platform
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from importlib import metadata
 from typing import Optional
 
@@ -121,6 +122,29 @@ class TrainingArguments(llava_train.TrainingArguments):
             if self.bf16:
                 self.use_cpu = True
         super().__post_init__()
+
+    @cached_property
+    def _setup_devices(self):
+        device = super()._setup_devices
+        count_cpu_deepspeed_processes(self)
+        return device
+
+
+def count_cpu_deepspeed_processes(args) -> None:
+    """A DeepSpeed run on a machine without CUDA: accelerate finds no device backend, records a single
+    process although DeepSpeed's process group has several, and transformers then fills DeepSpeed's
+    train_batch_size for one process ("train_batch_size is not equal to micro_batch_per_gpu *
+    gradient_acc_step * world_size"). Take the counts from the process group DeepSpeed created."""
+    import torch.distributed as dist
+
+    state = args.distributed_state
+    if (not args.deepspeed or torch.cuda.is_available() or state is None or not dist.is_available()
+            or not dist.is_initialized() or state.num_processes == dist.get_world_size()):
+        return
+    state.num_processes = dist.get_world_size()   # PartialState shares its state: Accelerator reads these
+    state.process_index = dist.get_rank()
+    state.local_process_index = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    args.local_rank = state.local_process_index
 
 
 # ---- the resolved configuration -----------------------------------------------------------------------

@@ -10,9 +10,9 @@ import logging
 import os
 
 import torch
-import transformers
 
 from llava_dpa.data.dataset import DataSpec, make_supervised_data_module
+from llava_dpa.loading import load_tokenizer
 from llava_dpa.training import saving
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
 from llava_dpa.training.run_config import (RunConfig, Stage, apply_model_config, check_against_tower, check_resume,
@@ -99,9 +99,8 @@ def train(attn_implementation=None, argv=None):
     last = prepare_output_dir(run)
 
     model = load_target(run)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(run.model.model_name_or_path, cache_dir=run.training.cache_dir,
-                                                           model_max_length=run.training.model_max_length,
-                                                           padding_side="right")
+    tokenizer = load_tokenizer(run.model.model_name_or_path, cache_dir=run.training.cache_dir,
+                               model_max_length=run.training.model_max_length, padding_side="right")
     ensure_pad_token(tokenizer, model)
     tower = setup_vision(model, run, tokenizer) if run.model.vision_tower else None
     if tower is None:

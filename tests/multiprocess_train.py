@@ -1,0 +1,66 @@
+"""LLaVA's training entry point with two test hooks, for multi-process runs (tests/test_multiprocess.py).
+
+- At the start of training every rank gathers the tower's (or the perceiver's) parameters, ZeRO-3
+  partitioned or not, and compares them with the tower folder's weights; it writes
+  $PROBE_DIR/rank<R>.json (how many compared, the largest difference, whether they were partitioned).
+- With KILL_AT_STEP=N every rank exits at the end of step N without cleaning up (a killed job).
+Launched by deepspeed or torchrun like `llava.train.train_mem`.
+"""
+import json
+import os
+
+import llava_dpa.training.trainer as T
+from transformers import TrainerCallback
+
+
+class Probe(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not os.environ.get("PROBE_DIR"):
+            return
+        import torch.distributed as dist
+        from safetensors.torch import load_file
+
+        tower = model.get_model().get_vision_tower()
+        prefix = f"{tower.encoder_name}."
+        source = load_file(os.path.join(tower.source_path, "model.safetensors"))
+        compared, largest, partitioned = 0, 0.0, False
+        for name, param in tower.named_parameters():
+            key = name[len(prefix):] if name.startswith(prefix) else name
+            if key not in source:
+                continue
+            if hasattr(param, "ds_id"):
+                import deepspeed
+
+                partitioned = True
+                with deepspeed.zero.GatheredParameters([param]):
+                    value = param.data.detach().clone()
+            else:
+                value = param.detach().clone()
+            largest = max(largest, (value.float() - source[key].float()).abs().max().item())
+            compared += 1
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        folder = os.environ["PROBE_DIR"]
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": rank, "world": dist.get_world_size() if dist.is_initialized() else 1,
+                       "compared": compared, "max_abs_diff": largest, "partitioned": partitioned}, f)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ.get("KILL_AT_STEP", -1)):
+            os._exit(137)
+
+
+_init = T.DPATrainer.__init__
+
+
+def _with_probe(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    self.add_callback(Probe())
+
+
+T.DPATrainer.__init__ = _with_probe
+
+if __name__ == "__main__":
+    from llava.train.train import train
+
+    train()
