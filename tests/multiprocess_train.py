@@ -20,12 +20,14 @@ class Probe(TrainerCallback):
         import torch.distributed as dist
         from safetensors.torch import load_file
 
+        from llava_dpa.towers import weights as W
+
         tower = model.get_model().get_vision_tower()
-        prefix = f"{tower.encoder_name}."
         source = load_file(os.path.join(tower.source_path, "model.safetensors"))
+        if not tower.is_perceiver:  # the folder's keys as the tower's loader maps them onto its encoder
+            source = W.select_submodule_state(source, tower.encoder, tower.checkpoint_prefixes, tower.source_path)
         compared, largest, partitioned = 0, 0.0, False
-        for name, param in tower.named_parameters():
-            key = name[len(prefix):] if name.startswith(prefix) else name
+        for key, param in tower.encoder.named_parameters():
             if key not in source:
                 continue
             if hasattr(param, "ds_id"):

@@ -34,9 +34,9 @@ def deepspeed_cmd(processes, port):
     return [os.path.join(bindir, "deepspeed"), "--num_gpus", str(processes), "--master_port", str(port), HELPER]
 
 
-def args_for(zoo, out, tower, data, zero, per_device, accumulation, extra=()):
+def args_for(zoo, out, tower, stage1, data, zero, per_device, accumulation, extra=()):
     cmd = train_cmd(zoo, out, stage=2, tower=tower, extra=[
-        "--data_path", data, "--max_steps", "4", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
+        "--pretrain_mm_mlp_adapter", str(stage1 / "mm_projector.bin"), "--data_path", data, "--max_steps", "4", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
         "--per_device_train_batch_size", str(per_device), "--gradient_accumulation_steps", str(accumulation),
         "--deepspeed", str(REPO / "scripts" / "train" / "deepspeed" / f"{zero}.json"), *extra])
     return cmd[3:]
@@ -59,12 +59,13 @@ def probes(folder):
 
 
 @pytest.mark.parametrize("kind,zero,port", [("baseline", "zero2", 29611), ("dpa", "zero3", 29621)])
-def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perceiver, repeated, tmp_path):
+def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perceiver, baseline_stage1, dpa_stage1,
+                                                     repeated, tmp_path):
     from llava.model.builder import load_pretrained_model
 
-    tower = zoo["clip"] if kind == "baseline" else str(perceiver)
+    tower, stage1 = (zoo["clip"], baseline_stage1) if kind == "baseline" else (str(perceiver), dpa_stage1)
     two = tmp_path / "two"
-    run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, repeated, zero, 2, 1,
+    run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, 2, 1,
                                           ["--save_strategy", "steps", "--save_steps", "2"]),
         env=env_for(tmp_path / "probe2"), timeout=1200)
     ranks = probes(tmp_path / "probe2")
@@ -79,16 +80,18 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perc
     assert model.get_vision_tower().is_perceiver is (kind == "dpa")
 
     one = tmp_path / "one"
-    run(deepspeed_cmd(1, port + 1) + args_for(zoo, one, tower, repeated, zero, 2, 2), env=env_for(), timeout=1200)
+    run(deepspeed_cmd(1, port + 1) + args_for(zoo, one, tower, stage1, repeated, zero, 2, 2), env=env_for(),
+        timeout=1200)
     ref, got = losses(one), losses(two)
     assert sorted(got) == [1, 2, 3, 4]
     for step in got:
         assert abs(ref[step] - got[step]) <= LOSS_TOLERANCE, (step, ref[step], got[step])
 
 
-def test_a_killed_two_process_zero3_run_resumes(zoo, perceiver, repeated, tmp_path):
+def test_a_killed_two_process_zero3_run_resumes(zoo, perceiver, dpa_stage1, repeated, tmp_path):
     out = tmp_path / "killed"
-    cmd = args_for(zoo, out, str(perceiver), repeated, "zero3", 2, 1, ["--save_strategy", "steps", "--save_steps", "2"])
+    cmd = args_for(zoo, out, str(perceiver), dpa_stage1, repeated, "zero3", 2, 1,
+                   ["--save_strategy", "steps", "--save_steps", "2"])
     killed = run(deepspeed_cmd(2, 29631) + cmd, env=env_for(KILL_AT_STEP="3"), check=False, timeout=1200)
     assert killed.returncode != 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]

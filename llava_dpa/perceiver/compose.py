@@ -78,13 +78,16 @@ def reinitialise_perceiver_lm(perceiver: str, output: str, seed: int = 0) -> Pat
 
 
 def reinitialise_language_model(model, seed: int) -> None:
-    """Same architecture, fresh weights from the model's own _init_weights (deterministic in `seed`)."""
+    """Same architecture, fresh LM weights from the model's own initialiser (deterministic in `seed`): a model
+    built from the config supplies them, and only the language-model part is copied, so the ViT and the
+    projector keep theirs. (transformers 5's _init_weights skips parameters already loaded, so re-running it
+    on the loaded model would change nothing.)"""
+    from llava_dpa.training.parts import Part, part_of
+
     torch.manual_seed(seed)
-    for module in model.get_model().modules():
-        if module is model.get_model():
-            continue
-        model._init_weights(module)
-    model._init_weights(model.lm_head)
+    fresh = type(model)(model.config)
+    state = {k: v for k, v in fresh.state_dict().items() if part_of(k) is Part.LANGUAGE_MODEL}
+    model.load_state_dict(state, strict=False)
     model.tie_weights()
 
 
