@@ -117,3 +117,19 @@ def dpa_stage2(zoo, perceiver, dpa_stage1, tmp_path_factory):
     run(train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
         "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--mm_vision_tower_lr", "2e-4"]))
     return out
+
+
+def tower_folder_weights(path, select_layer=-2):
+    """A ViT folder's weights under the keys of the tower's encoder, mapped as the tower's own loader maps them
+    (a CLIP folder saved by transformers 5 has no `vision_model` level; the encoder keeps it)."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from llava_dpa.towers import weights as W
+    from llava_dpa.towers.registry import build_vision_tower
+
+    tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(path), mm_vision_select_layer=select_layer),
+                               delay_load=True)
+    return W.select_submodule_state(load_file(f"{path}/model.safetensors"), tower.encoder, tower.checkpoint_prefixes,
+                                    str(path))

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import PY, REPO, run, train_cmd
+from conftest import PY, REPO, run, tower_folder_weights, train_cmd
 from llava_dpa.zoo.data import COLORS, SHAPES
 
 IMAGE = "img_000.png"
@@ -81,7 +81,7 @@ def test_deepspeed_on_cpu(zoo, perceiver, tmp_path, zero, tower):
         "--max_steps", "2", "--learning_rate", "1e-5", "--deepspeed", str(REPO / f"scripts/train/deepspeed/{zero}.json")]),
         env=env, timeout=900)
     saved = load_file(out / "model.safetensors")
-    original = load_file(f"{path}/model.safetensors")
+    original = load_file(f"{path}/model.safetensors") if tower == "perceiver" else tower_folder_weights(path)
     prefix = "model.vision_tower.perceiver." if tower == "perceiver" else "model.vision_tower.vision_tower."
     pairs = [(saved[prefix + k], v) for k, v in original.items() if prefix + k in saved]
     assert len(pairs) > 10

@@ -57,6 +57,12 @@ def test_killed_run_resumes_and_continues_the_loss_curve(zoo, baseline_stage1, t
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not (out / "model.safetensors").exists()
 
+    # a setting that changes the model is refused by name; the batch size may change
+    changed = [a if a != "1e-3" else "2e-3" for a in cmd]
+    refused = run(changed, check=False)
+    assert refused.returncode != 0 and "--learning_rate: 0.001 -> 0.002" in refused.stderr
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
     resumed = run(cmd)  # the very same command
     assert "resuming from" in resumed.stdout and "checkpoint-4" in resumed.stdout
     ref, got = losses(reference), losses(out)

@@ -22,6 +22,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from llava_dpa.towers.qwen2_5_vl import merged_tokens
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -74,8 +76,7 @@ class PresetPipeline:
         self.modules = [m for m in (self.vit, self.perceiver, self.projectors, self.target) if m is not None]
 
     def _embeds(self):
-        feats = self.vit(self.pixels, grid_thw=self.grid)
-        feats = (feats if torch.is_tensor(feats) else feats.last_hidden_state)[None]
+        feats = merged_tokens(self.vit(self.pixels, grid_thw=self.grid))[None]
         feats = self.projectors[0](feats)
         if self.perceiver is not None:
             prefix = self.perceiver.get_input_embeddings()(self.prefix)

@@ -16,6 +16,12 @@ QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+def merged_tokens(output) -> torch.Tensor:
+    """The patch merger's output of Qwen2.5-VL's vision model: transformers 4.57 returns it as a tensor; 5.x
+    returns an output whose pooler_output holds it (its last_hidden_state is the ViT's, before the merger)."""
+    return output if torch.is_tensor(output) else output.pooler_output
+
+
 class Qwen2_5_VLTower(VisionTower):
     model_types = ("qwen2_5_vl", "qwen2_5_vl_vision")  # a full Qwen2.5-VL, or its vision config as transformers 5 saves it
     checkpoint_prefixes = ("", "visual.", "model.visual.", "model.vision_tower.vision_tower.")
@@ -72,8 +78,5 @@ class Qwen2_5_VLTower(VisionTower):
         x = x.reshape(n, t, c, gh // m, m, p, gw // m, m, p)
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(n * gh * gw, c * t * p * p)
         grid = torch.tensor([[1, gh, gw]] * n, device=pixel_values.device)
-        out = self.vision_tower(x, grid_thw=grid)
-        # transformers 4.57 returns the merged tokens; 5.x returns an output whose pooler_output holds them
-        # (its last_hidden_state is the ViT's before the merger)
-        out = out if torch.is_tensor(out) else out.pooler_output
+        out = merged_tokens(self.vision_tower(x, grid_thw=grid))
         return out.reshape(n, (gh // m) * (gw // m), -1)
