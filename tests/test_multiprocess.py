@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PY, REPO, run, train_cmd
 
-HELPER = str(REPO / "tests" / "multiprocess_train.py")
+HELPER = str(REPO / "tests" / "hooked_train.py")
 LOSS_TOLERANCE = 1e-4
 
 

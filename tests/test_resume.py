@@ -3,36 +3,11 @@ resumed loss curve continues the interrupted one; a kill during a save never lea
 that the resume would trust."""
 import json
 
-from conftest import PY, run, train_cmd
+from conftest import PY, REPO, run, train_cmd
 
-# Runs llava's real entry point with one extra callback that kills the process (no cleanup) at a step,
-# or kills it inside the RNG-state write of a given checkpoint save.
-KILLER = r'''
-import os, sys
-import llava_dpa.training.trainer as T
-from transformers import TrainerCallback
-
-class Kill(TrainerCallback):
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == int(os.environ.get("KILL_AT_STEP", -1)):
-            os._exit(137)
-
-init = T.DPATrainer.__init__
-def patched_init(self, *a, **k):
-    init(self, *a, **k)
-    self.add_callback(Kill())
-T.DPATrainer.__init__ = patched_init
-
-save_rng = T.DPATrainer._save_rng_state
-def dying_save(self, output_dir):
-    if self.state.global_step == int(os.environ.get("KILL_IN_SAVE_AT", -1)):
-        os._exit(137)
-    return save_rng(self, output_dir)
-T.DPATrainer._save_rng_state = dying_save
-
-from llava.train.train import train
-train()
-'''
+# llava's real entry point with a hook that kills the process (no cleanup) at a step, or inside the
+# RNG-state write of a given checkpoint save.
+KILLER = str(REPO / "tests" / "hooked_train.py")
 
 
 def command(zoo, out, baseline_stage1):
@@ -52,7 +27,7 @@ def test_killed_run_resumes_and_continues_the_loss_curve(zoo, baseline_stage1, t
 
     out = tmp_path / "killed"
     cmd = command(zoo, out, baseline_stage1)
-    killed = run([PY, "-c", KILLER] + cmd[3:], env={"KILL_AT_STEP": "5"}, check=False)
+    killed = run([PY, KILLER] + cmd[3:], env={"KILL_AT_STEP": "5"}, check=False)
     assert killed.returncode == 137
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not (out / "model.safetensors").exists()
@@ -74,7 +49,7 @@ def test_killed_run_resumes_and_continues_the_loss_curve(zoo, baseline_stage1, t
 def test_kill_during_a_save_leaves_no_half_written_checkpoint(zoo, baseline_stage1, tmp_path):
     out = tmp_path / "killed_in_save"
     cmd = command(zoo, out, baseline_stage1)
-    killed = run([PY, "-c", KILLER] + cmd[3:], env={"KILL_IN_SAVE_AT": "4"}, check=False)
+    killed = run([PY, KILLER] + cmd[3:], env={"KILL_IN_SAVE_AT": "4"}, check=False)
     assert killed.returncode == 137
     assert (out / "tmp-checkpoint-4").is_dir() and not (out / "checkpoint-4").exists()
     resumed = run(cmd)

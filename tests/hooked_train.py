@@ -1,10 +1,11 @@
-"""LLaVA's training entry point with two test hooks, for multi-process runs (tests/test_multiprocess.py).
+"""LLaVA's training entry point with test hooks (tests/test_resume.py, tests/test_multiprocess.py).
 
-- At the start of training every rank gathers the tower's (or the perceiver's) parameters, ZeRO-3
-  partitioned or not, and compares them with the tower folder's weights; it writes
+- With PROBE_DIR set, at the start of training every rank gathers the tower's (or the perceiver's)
+  parameters, ZeRO-3 partitioned or not, and compares them with the tower folder's weights; it writes
   $PROBE_DIR/rank<R>.json (how many compared, the largest difference, whether they were partitioned).
-- With KILL_AT_STEP=N every rank exits at the end of step N without cleaning up (a killed job).
-Launched by deepspeed or torchrun like `llava.train.train_mem`.
+- With KILL_AT_STEP=N every process exits at the end of step N without cleaning up (a killed job).
+- With KILL_IN_SAVE_AT=N it exits inside the RNG-state write of checkpoint N's save.
+Run with python, deepspeed or torchrun like `llava.train.train_mem`.
 """
 import json
 import os
@@ -61,6 +62,17 @@ def _with_probe(self, *args, **kwargs):
 
 
 T.DPATrainer.__init__ = _with_probe
+
+_save_rng = T.DPATrainer._save_rng_state
+
+
+def _dying_save(self, output_dir):
+    if self.state.global_step == int(os.environ.get("KILL_IN_SAVE_AT", -1)):
+        os._exit(137)
+    return _save_rng(self, output_dir)
+
+
+T.DPATrainer._save_rng_state = _dying_save
 
 if __name__ == "__main__":
     from llava.train.train import train
