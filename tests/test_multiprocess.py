@@ -58,7 +58,8 @@ def probes(folder):
     return sorted((json.loads(p.read_text()) for p in folder.glob("rank*.json")), key=lambda r: r["rank"])
 
 
-@pytest.mark.parametrize("kind,zero,port", [("baseline", "zero2", 29611), ("dpa", "zero3", 29621)])
+@pytest.mark.parametrize("kind,zero,port", [("baseline", "zero2", 29611), ("baseline", "zero3", 29641),
+                                            ("dpa", "zero3", 29621)])
 def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perceiver, baseline_stage1, dpa_stage1,
                                                      repeated, tmp_path):
     from llava.model.builder import load_pretrained_model
