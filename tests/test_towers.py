@@ -88,8 +88,6 @@ def test_siglip2_naflex_tower_at_a_fixed_tile(tmp_path):
 
 
 def test_delay_load_builds_from_config_and_loads_weights_exactly_once(zoo):
-    from safetensors.torch import load_file
-
     tower = build_vision_tower(args(zoo["clip"]), delay_load=True)
     assert not tower.is_loaded and tower.weight_loads == 0
     tower.load_model()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llava_dpa.recipes.paper import Compose, PerceiverOf, Recipe, ReinitialiseLM, ViTOf, get
+from llava_dpa.recipes.paper import Compose, Recipe, ReinitialiseLM, ViTOf, get
 from llava_dpa.recipes.render import (RecipeError, entries_needed, output_dir, shared_stage1_owner, stage1_dir,
                                       stage_command, subset_file, tower_path)
 from llava_dpa.recipes.settings import Settings
@@ -141,5 +141,5 @@ def run_entry(entry: Recipe | str, settings: Settings, stage: int | None = None,
         step.run()
 
 
-__all__ = ["PerceiverOf", "Step", "entry_complete", "missing_prerequisites", "model_complete", "run_entry",
+__all__ = ["Step", "entry_complete", "missing_prerequisites", "model_complete", "run_entry",
            "stage1_complete", "steps"]

@@ -479,4 +479,4 @@ def check_resume(run: RunConfig, checkpoint: str) -> None:
     if diffs:
         raise RunConfigError(
             f"resuming from {checkpoint}, but settings that change the model or data differ from that run:\n  "
-            + "\n  ".join(diffs) + f"\nResume with the same settings, or train into a new --output_dir.")
+            + "\n  ".join(diffs) + "\nResume with the same settings, or train into a new --output_dir.")
