@@ -22,8 +22,8 @@ $(SETUP_STAMP): setup.py constraints.txt $(wildcard patches/*.patch)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" "transformers==$(TRANSFORMERS)"
-	# llava's own pins are obsolete: install it without them, then apply patches/ to it.
-	$(PY) -m pip install -q --no-deps $(LLAVA_SPEC)
+	# llava's own pins are obsolete: install it without them (afresh, so a changed patch applies to pristine code), then apply patches/.
+	$(PY) -m pip install -q --force-reinstall --no-deps $(LLAVA_SPEC)
 	# torchvision breaks transformers' CLIP import beside the CPU torch wheel; the PIL processors need none.
 	-$(PY) -m pip uninstall -q -y torchvision
 	$(VENV)/bin/llava-dpa patch-llava

@@ -63,10 +63,11 @@ def _extra_commands():
     from llava_dpa.eval import lmms_tasks, offline, report
     from llava_dpa.projectors import large_mlp
     from llava_dpa.recipes import commands as recipes
+    from llava_dpa.official import importer
 
     return [recipes.register, compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
             lmms_tasks.register, text_path.register,
-            commands.register, bench.register]
+            commands.register, bench.register, importer.register]
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -40,6 +40,7 @@ class DataSpec:
     image_grid_pinpoints: Optional[list] = None
     image_processor: object = None
     tokens_per_image: int = 0
+    tokens_for: Optional[Callable] = None     # (width, height) -> visual tokens, for towers that read whole images
     mm_use_im_start_end: bool = False
     strict: bool = False
     perceiver_aux: object = None              # perceiver.aux_loss.PerceiverAuxData when the auxiliary loss is on
@@ -81,8 +82,8 @@ def process_image(image, processor, spec: DataSpec):
         return process_anyres_image(image, processor, spec.image_grid_pinpoints)
     if mode == "pad":
         image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
-    elif mode not in ("square", None):
-        raise ValueError(f"unknown --image_aspect_ratio {mode!r}; use square, pad or anyres")
+    elif mode not in ("square", "native", None):  # native: the processor keeps the image whole
+        raise ValueError(f"unknown --image_aspect_ratio {mode!r}; use square, pad, anyres or native")
     return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
 
 
@@ -192,12 +193,12 @@ class LazySupervisedDataset(Dataset):
         if (labels != IGNORE_INDEX).sum() == 0:
             raise SampleError(f"{name}: no target tokens after preprocessing (is the reply empty?)")
 
-        per_image = spec.tokens_per_image
-        total = int((input_ids != IMAGE_TOKEN_INDEX).sum()) + per_image * len(files)
+        visual = [spec.tokens_for(*size) if spec.tokens_for else spec.tokens_per_image for size in sizes[:len(files)]]
+        total = int((input_ids != IMAGE_TOKEN_INDEX).sum()) + sum(visual)
         max_len = self.tokenizer.model_max_length
         if total > max_len:
-            raise SampleError(f"{name}: {total} tokens ({total - per_image * len(files)} text + {per_image} per image x "
-                              f"{len(files)}) exceeds --model_max_length {max_len}; raise it or drop the sample")
+            raise SampleError(f"{name}: {total} tokens ({total - sum(visual)} text + {visual} for its image(s)) "
+                              f"exceeds --model_max_length {max_len}; raise it or drop the sample")
 
         out = dict(input_ids=input_ids, labels=labels)
         aux = spec.perceiver_aux

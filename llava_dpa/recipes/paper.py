@@ -40,7 +40,14 @@ class ViTOf:
     entry: str
 
 
-Tower = Union[ViT, PerceiverOf, ViTOf]
+@dataclass(frozen=True)
+class QwenVLPerceiverAt:
+    """A Qwen-VL-native perceiver folder named in the cluster settings (`official_perceiver`: the perceiver of
+    DPA-4B-init, converted by `llava-dpa import-official`), passed as `dpa:<folder>`."""
+    path_key: str = "official_perceiver"
+
+
+Tower = Union[ViT, PerceiverOf, ViTOf, QwenVLPerceiverAt]
 
 
 # ---- how a perceiver entry's output is made when it is not a stage-2 training ----------------------------
@@ -86,6 +93,7 @@ class Recipe:
     image_grid_pinpoints: tuple[tuple[int, int], ...] = sourced(
         ((448, 896), (896, 448), (896, 896), (448, 1344), (1344, 448)), "LLaVA-NeXT grids in 448-pixel tiles")
     patch_merge: str = sourced("spatial_unpad", "LLaVA-NeXT")
+    max_pixels: Optional[int] = None      # native resolution only (--image_aspect_ratio native)
     weight_decay: float = sourced(0.01, "Table 6")
     adam_beta2: float = sourced(0.98, "official PT_DPA_4node.sh / SFT_DPA_4node.sh (--adam_beta2 0.98)")
 
@@ -333,12 +341,40 @@ class UntrainedPerceiverMultiTask(DPAUntrainedPerceiver):
     stage1_shared_with: Optional[str] = "dpa-qwen3-4b-untrained-perceiver"
 
 
+# ---- the official pipeline, end to end (the release's construction of the visual tokens) ----------------------
+@dataclass(frozen=True)
+class OfficialPipelineBaseline(Recipe):
+    """The controlled baseline as the release builds it (modeling_llava_baseline.py): the whole image at native
+    resolution, the ViT's merger MLP rebuilt at the target's width as the projector. The release's baseline LM
+    reads M-RoPE positions (LB 355-362); here the target is the stock Qwen3-4B with 1-D positions, as its DPA
+    target is (docs/official_dpa.md)."""
+    name: str = "llava-qwen3-4b-official-pipeline"
+    rows: tuple = (("official pipeline", "LLaVA-Qwen3-4B (controlled baseline)"),)
+    description: str = "the baseline of the official pipeline: native resolution, merger MLP as the projector"
+    image_aspect_ratio: str = sourced("native", "official release: whole images, smart resize to multiples of 28")
+    image_grid_pinpoints: tuple = sourced((), "official release: no tiles")
+    patch_merge: str = sourced("flat", "official release: no image_newline")
+    projector: str = sourced("qwen_merger", "official modeling_llava_baseline.py 559-570 (merger MLP at the LLM width)")
+    max_pixels: Optional[int] = sourced(262_144, "official PT_DPA_4node.sh / SFT_DPA_4node.sh line 14 (MAX_PIXELS)")
+
+
+@dataclass(frozen=True)
+class OfficialPipelineDPA(OfficialPipelineBaseline):
+    """DPA-Qwen3-4B as the release trains it from DPA-4B-init: the Qwen-VL-native perceiver (N + 2 features per
+    image, delimiters included), the official aligner, the official stage-1 prompt and schedules."""
+    name: str = "dpa-qwen3-4b-official-pipeline"
+    rows: tuple = (("official pipeline", "DPA-Qwen3-4B"),)
+    description: str = "DPA-Qwen3-4B on the official pipeline, from DPA-4B-init's perceiver"
+    tower: Tower = sourced(QwenVLPerceiverAt(), "official release: the DPA-4B-init perceiver (import-official)")
+    projector: str = sourced("dpa_aligner", "official modeling_forward_visual_tokens_llava_arch.py 128-136")
+
+
 ENTRIES: tuple[Recipe, ...] = tuple(cls() for cls in (
     Recipe, LLaVANeXTQwen3_32B, LLaVANeXTLLaMA3_2_3B, DPAQwen3_4B, DPAQwen3_32B, DPALLaMA3_2_3B,
     PerceiverQwen3_0_6B, PerceiverUntrained, PerceiverStage1Only, Perceiver10K, Perceiver250K,
     DPAUntrainedPerceiver, DPAStage1OnlyPerceiver, DPA10KPerceiver, DPA250KPerceiver,
     LargeMLP, WithoutPerceiverLMBlocks, PerceiverRandomLM, WithoutPerceiverLMPretraining, WithInstructionContext,
-    WithPerceiverFrozen, UntrainedPerceiverMultiTask))
+    WithPerceiverFrozen, UntrainedPerceiverMultiTask, OfficialPipelineBaseline, OfficialPipelineDPA))
 
 REGISTRY: dict[str, Recipe] = {entry.name: entry for entry in ENTRIES}
 
@@ -352,3 +388,4 @@ def get(name: str) -> Recipe:
 def table(name: str) -> list[tuple[str, Recipe]]:
     """(row, entry) for every row of a paper table, in registry order."""
     return [(row, entry) for entry in ENTRIES for t, row in entry.rows if t == name]
+

@@ -10,7 +10,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava_dpa.recipes.paper import REGISTRY, Compose, PerceiverOf, Recipe, ReinitialiseLM, ViT, ViTOf, get
+from llava_dpa.recipes.paper import (REGISTRY, Compose, PerceiverOf, QwenVLPerceiverAt, Recipe, ReinitialiseLM, ViT,
+                                     ViTOf, get)
 from llava_dpa.recipes.settings import Settings
 
 
@@ -54,6 +55,10 @@ def tower_path(entry: Recipe, settings: Settings) -> str:
         return str(output_dir(get(tower.entry), settings))
     if isinstance(tower, ViTOf):
         return str(settings.checkpoints / f"{tower.entry}-vit")
+    if isinstance(tower, QwenVLPerceiverAt):
+        from llava_dpa.perceiver.tower import DPA_PREFIX
+
+        return DPA_PREFIX + settings.path(tower.path_key)
     raise RecipeError(f"{entry.name}: unknown tower {tower!r}")
 
 
@@ -117,7 +122,8 @@ def stage_flags(entry: Recipe, stage: int, settings: Settings) -> list[str]:
         "--mm_vision_select_layer", str(entry.vision_select_layer), "--mm_projector_type", entry.projector,
         "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
         "--image_aspect_ratio", entry.image_aspect_ratio,
-        "--image_grid_pinpoints", str([tuple(p) for p in entry.image_grid_pinpoints]),
+        *(["--image_grid_pinpoints", str([tuple(p) for p in entry.image_grid_pinpoints])] if entry.image_grid_pinpoints else []),
+        *(["--max_pixels", str(entry.max_pixels)] if entry.max_pixels else []),
         "--mm_patch_merge_type", entry.patch_merge,
         "--weight_decay", str(entry.weight_decay), "--adam_beta2", str(entry.adam_beta2),
         "--per_device_train_batch_size", str(settings.per_device_batch),

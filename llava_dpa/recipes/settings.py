@@ -19,6 +19,7 @@ PATH_KEYS = {
     "qwen3_4b": "Qwen3-4B", "qwen3_32b": "Qwen3-32B", "llama3_2_3b": "LLaMA-3.2-3B(-Instruct)",
     "stage1_data": "LLaVA-Pretrain blip_laion_cc_sbu_558k.json", "stage1_images": "its image folder",
     "stage2_data": "the 1M instruction samples (MAmmoTH-VL, LLaVA format)", "stage2_images": "their image folder",
+    "official_perceiver": "the Qwen-VL-native perceiver of DPA-4B-init (llava-dpa import-official's perceiver/)",
     "checkpoints": "where every recipe writes its outputs",
 }
 LAUNCHERS = ("deepspeed", "torchrun", "python")

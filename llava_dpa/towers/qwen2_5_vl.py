@@ -1,15 +1,23 @@
-"""Qwen2.5-VL's vision encoder (ViT + its 2x2 patch merger) at a fixed square tile.
+"""Qwen2.5-VL's vision encoder (ViT + its 2x2 patch merger), at a fixed square tile or at native resolution.
 
-This is the ViT the paper and the official DPA release use. Qwen2.5-VL natively takes any resolution;
-LLaVA-NeXT tiling needs a fixed tile, so each tile is `image_size` pixels square (default 448: 32x32
-patches of 14, merged to 16x16 = 256 tokens). Features are the merger's output (width
-`out_hidden_size`), so only mm_vision_select_layer = -1 is meaningful here.
+This is the ViT the paper and the official DPA release use.
+- Tiles (LLaVA-NeXT): each tile is `image_size` pixels square (default 448: 32x32 patches of 14, merged to
+  16x16 = 256 tokens).
+- `--image_aspect_ratio native`: each image whole, resized to multiples of 28 within --min_pixels and
+  --max_pixels (`data/native_resolution.py`); each image then has its own number of tokens, returned one
+  tensor per image (patches/12-whole-image-towers).
+Features are the merger's output (width `out_hidden_size`), so only mm_vision_select_layer = -1 is
+meaningful here. With `--mm_projector_type qwen_merger` (the official baseline's construction) the tower
+stops before the merger's MLP: it returns the normalised 2x2-grouped patch features (4 x the ViT width),
+and the projector is a merger-shaped MLP into the target (`projectors/qwen_merger.py`).
 """
 import torch
 from transformers import CLIPImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
+from llava_dpa.data.native_resolution import NativeResolutionProcessor, patchify
+from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
 QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -26,6 +34,14 @@ class Qwen2_5_VLTower(VisionTower):
     model_types = ("qwen2_5_vl", "qwen2_5_vl_vision")  # a full Qwen2.5-VL, or its vision config as transformers 5 saves it
     checkpoint_prefixes = ("", "visual.", "model.visual.", "model.vision_tower.vision_tower.")
 
+    def read_options(self, args) -> None:
+        super().read_options(args)
+        self.native = getattr(args, "image_aspect_ratio", None) == "native"
+        self.per_image_features = self.native
+        self.merger_as_projector = getattr(args, "mm_projector_type", None) == "qwen_merger"
+        self.pixel_limits = (getattr(args, "min_pixels", None), getattr(args, "max_pixels", None))
+        self.pretrained_merger_mlp = None  # the merger MLP's weights read from the ViT folder (qwen_merger init)
+
     def validate_select_feature(self):
         if self.select_layer not in (-1,):
             raise ValueError(f"the Qwen2.5-VL tower returns its patch merger's output; pass "
@@ -35,17 +51,32 @@ class Qwen2_5_VLTower(VisionTower):
         vision = config_dict["vision_config"] if "vision_config" in config_dict else config_dict
         config = Qwen2_5_VLVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"})
         config._attn_implementation = self.attn_implementation
-        return Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
+        model = Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
+        if self.merger_as_projector:
+            model.merger.mlp = torch.nn.Identity()  # the projector is the merger's MLP (mm_projector_type qwen_merger)
+        return model
 
     def read_processor_dict(self, vision_tower):
         try:
             found = super().read_processor_dict(vision_tower)
         except FileNotFoundError:
             found = {}
-        return {"tile_size": int(found.get("tile_size", 448)),
-                "image_mean": found.get("image_mean", QWEN_MEAN), "image_std": found.get("image_std", QWEN_STD)}
+        mean, std = found.get("image_mean", QWEN_MEAN), found.get("image_std", QWEN_STD)
+        if self.native:
+            vision = self.tower_config_dict.get("vision_config", self.tower_config_dict)
+            return {"resolution": "native", "patch_size": vision.get("patch_size", 14),
+                    "merge_size": vision.get("spatial_merge_size", 2), "min_pixels": found.get("min_pixels"),
+                    "max_pixels": found.get("max_pixels") if found.get("max_pixels") != 12845056 else None,
+                    "image_mean": mean, "image_std": std}
+        return {"tile_size": int(found.get("tile_size", 448)), "image_mean": mean, "image_std": std}
 
     def build_image_processor(self, processor_dict):
+        if processor_dict.get("resolution") == "native" or self.native:
+            if processor_dict.get("resolution") != "native":
+                raise ValueError("this Qwen2.5-VL tower was recorded with fixed tiles; it cannot read native resolution")
+            d, (low, high) = processor_dict, self.pixel_limits
+            return NativeResolutionProcessor(d["patch_size"], d["merge_size"], low or d.get("min_pixels"),
+                                             high or d.get("max_pixels"), d.get("image_mean"), d.get("image_std"))
         side = int(processor_dict["tile_size"])
         unit = self.vision_tower.config.patch_size * self.vision_tower.config.spatial_merge_size
         if side % unit:
@@ -54,18 +85,67 @@ class Qwen2_5_VLTower(VisionTower):
                                   image_mean=processor_dict["image_mean"], image_std=processor_dict["image_std"],
                                   resample=3, do_center_crop=True)
 
+    def config_entries(self) -> dict:
+        entries = {**super().config_entries(), "mm_vision_tower_processor": self.processor_entry()}
+        if self.native:
+            entries["image_aspect_ratio"] = "native"
+        return entries
+
+    def processor_entry(self) -> dict:
+        return self.image_processor.to_dict() if self.native else self.processor_dict
+
+    def load_model(self, device_map=None):
+        if self.is_loaded:
+            return
+        state = W.load_state_dict(self.vision_tower_name)
+        sub = W.select_submodule_state(state, self.vision_tower, self.checkpoint_prefixes,
+                                       self.vision_tower_name) if not self.merger_as_projector else \
+            self._without_merger_mlp(state)
+        W.load_into(self.vision_tower, sub, strict=True)
+        self.weight_loads += 1
+        self.is_loaded = True
+
+    def _without_merger_mlp(self, state: dict) -> dict:
+        """The ViT's weights but the merger MLP's, which are kept for the projector (projectors/qwen_merger.py)."""
+        for prefix in self.checkpoint_prefixes:
+            keys = [k for k in state if k.startswith(prefix + "merger.ln_q.")]
+            if keys:
+                break
+        else:
+            raise ValueError(f"{self.vision_tower_name}: no Qwen2.5-VL patch merger (merger.ln_q) among its weights")
+        body = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        self.pretrained_merger_mlp = {k[len("merger.mlp."):]: v for k, v in body.items() if k.startswith("merger.mlp.")}
+        return {k: v for k, v in body.items() if not k.startswith("merger.mlp.")}
+
     @property
     def image_size(self):
         return self.image_processor.crop_size["height"]
 
     @property
     def hidden_size(self):
-        return self.vision_tower.config.out_hidden_size
+        cfg = self.vision_tower.config
+        return cfg.hidden_size * cfg.spatial_merge_size ** 2 if self.merger_as_projector else cfg.out_hidden_size
 
     @property
     def num_patches_per_side(self):
         cfg = self.vision_tower.config
         return self.image_size // (cfg.patch_size * cfg.spatial_merge_size)
+
+    def tokens_for(self, width: int, height: int) -> int:
+        return self.image_processor.tokens_for(width, height)
+
+    def forward(self, images, **tower_inputs):
+        if not self.native:
+            return super().forward(images, **tower_inputs)
+        cfg = self.vision_tower.config
+        if torch.is_tensor(images):
+            images = list(images) if images.ndim == 4 else [images]
+        images = [(x[0] if x.ndim == 4 else x).to(device=self.device, dtype=self.dtype) for x in images]
+        p, m, t = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
+        grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
+        patches = torch.cat([patchify(x, p, m, t) for x in images])
+        out = merged_tokens(self.vision_tower(patches, grid_thw=torch.tensor(grids, device=self.device)))
+        return list(torch.split(out, [h * w // (m * m) for _, h, w in grids]))
 
     def encode(self, pixel_values):
         cfg = self.vision_tower.config

@@ -1,13 +1,17 @@
 """Which tower class reads a `--vision_tower`: decided by the tower checkpoint's config, never its name.
 
 One line per tower in TOWERS. A LLaVA-format VLM checkpoint (a config with `mm_vision_tower`) is a
-DPA perceiver; `dpa:<dir>` says so explicitly.
+DPA perceiver; `dpa:<dir>` says so explicitly. `dpa:<dir>` where <dir> is a Qwen2.5-VL checkpoint (or a
+perceiver written by `import-official`) selects the Qwen-VL-native perceiver; the same folder without
+the prefix is the baseline's Qwen2.5-VL ViT tower.
 """
 from __future__ import annotations
 
 import os
 
-from llava_dpa.perceiver.tower import DPA_PREFIX, PerceiverTower
+from llava_dpa.perceiver.qwen_vl import SPEC_TYPE as QWEN_VL_SPEC_TYPE
+from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
+from llava_dpa.perceiver.tower import DPA_PREFIX, PerceiverTower, strip_prefix
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
@@ -32,18 +36,21 @@ def is_perceiver_config(config_dict: dict) -> bool:
 
 
 def tower_class_for(name: str, config_dict: dict | None = None):
-    if name.startswith(DPA_PREFIX):
-        return PerceiverTower
+    if name.startswith(DPA_PREFIX) and config_dict is not None:
+        return PerceiverTower if is_perceiver_config(config_dict) else QwenVLPerceiverTower
     if config_dict is None:
         try:
-            config_dict = W.read_config_dict(name)
+            config_dict = W.read_config_dict(strip_prefix(name))
         except (OSError, ValueError) as exc:
-            where = "folder does not exist" if not os.path.exists(name) else f"its config.json cannot be read ({exc})"
+            where = "folder does not exist" if not os.path.exists(strip_prefix(name)) else f"its config.json cannot be read ({exc})"
             raise UnknownVisionTowerError(
                 f"--vision_tower {name!r}: {where}. Pass a ViT checkpoint folder (CLIP, SigLIP, SigLIP2, "
-                f"Qwen2.5-VL) or a LLaVA-format VLM checkpoint (for DPA).") from None
+                f"Qwen2.5-VL), a LLaVA-format VLM checkpoint (for DPA), or dpa:<a Qwen2.5-VL or imported official "
+                f"perceiver> (the Qwen-VL-native DPA perceiver).") from None
     if is_perceiver_config(config_dict):
         return PerceiverTower
+    if name.startswith(DPA_PREFIX) or config_dict.get("model_type") == QWEN_VL_SPEC_TYPE:
+        return QwenVLPerceiverTower
     model_type = config_dict.get("model_type")
     for cls in TOWERS:
         if model_type in cls.model_types:

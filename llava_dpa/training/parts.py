@@ -28,6 +28,7 @@ PERCEIVER_PARTS = (Part.PERCEIVER_VIT, Part.PERCEIVER_PROJECTOR, Part.PERCEIVER_
 # First match wins. Substrings, so the rules hold under PEFT's and DeepSpeed's name prefixes.
 _RULES = (
     ("vision_tower.perceiver.model.vision_tower.", Part.PERCEIVER_VIT),
+    ("vision_tower.perceiver.visual.", Part.PERCEIVER_VIT),   # the Qwen-VL perceiver's ViT and merger (register_DPA.py)
     ("vision_tower.perceiver.model.mm_projector.", Part.PERCEIVER_PROJECTOR),
     ("vision_tower.perceiver.lm_head.", Part.PERCEIVER_LM_HEAD),
     ("vision_tower.perceiver.", Part.PERCEIVER_LM),

@@ -74,6 +74,17 @@ class ModelArguments(llava_train.ModelArguments):
         "help": "Weight of the perceiver's own LM loss on the same conversation (multi-task ablation)."})
     perceiver_aux_loss_stages: list[int] = field(default_factory=lambda: [2], metadata={
         "help": "Stages that use the auxiliary loss, e.g. 2 (default, as the paper reports) or 1 2."})
+    min_pixels: Optional[int] = field(default=None, metadata={
+        "help": "Native resolution (--image_aspect_ratio native): the fewest pixels an image is resized to "
+                "(default 3136, Qwen2-VL's)."})
+    max_pixels: Optional[int] = field(default=None, metadata={
+        "help": "Native resolution: the most pixels an image is resized to (default 262144, the official training's)."})
+    perceiver_visual_positions_only: bool = field(default=False, metadata={
+        "help": "Qwen-VL perceiver: features at the N visual positions only (default: N + 2, with "
+                "<|vision_start|> and <|vision_end|>, as the official model)."})
+    perceiver_system_prompt: Optional[str] = field(default=None, metadata={
+        "help": "Qwen-VL perceiver: a system prompt before its user turn (default none, as the official training; "
+                "the official evaluation uses 'You are a helpful assistant.')."})
 
 
 @dataclass
@@ -158,6 +169,7 @@ class RunConfig:
     attn_implementation: str
     image_grid_pinpoints: Optional[list[tuple[int, int]]]
     lora_parts: tuple[Part, ...]
+    qwen_vl_perceiver: bool           # the tower is the Qwen-VL-native perceiver (whole images, native resolution)
     aux_loss_weight: float            # the auxiliary perceiver loss weight in this stage (0: off)
     argv: list[str]
 
@@ -216,9 +228,15 @@ def resolve(model_args, data_args, training_args, argv, attn_implementation=None
         lora_parts = parse_parts(training_args.lora_parts, "--lora_parts")
     except ValueError as exc:
         raise RunConfigError(str(exc)) from None
+    tower_class = tower_class_of(model_args.vision_tower)
+    qwen_vl = bool(tower_class is not None and getattr(tower_class, "per_image_features", False))
+    if qwen_vl and data_args.image_aspect_ratio == "square":  # LLaVA's default: this perceiver reads whole images
+        data_args.image_aspect_ratio = "native"
+    # The tower is built from the model arguments (llava's initialize_vision_modules), and reads its image mode.
+    model_args.image_aspect_ratio = data_args.image_aspect_ratio
     run = RunConfig(
         model=model_args, data=data_args, training=training_args, stage=stage,
-        tower_kind=tower_kind_of(model_args.vision_tower),
+        tower_kind=tower_kind_of(model_args.vision_tower), qwen_vl_perceiver=qwen_vl,
         attn_implementation=resolve_attn_implementation(attn_implementation),
         image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
         lora_parts=lora_parts,
@@ -244,13 +262,19 @@ def _stage_from(value, flag: str) -> Stage:
         raise RunConfigError(f"{flag} {value}: use 1 (alignment) or 2 (instruction tuning)") from None
 
 
-def tower_kind_of(vision_tower: str | None) -> TowerKind:
+def tower_class_of(vision_tower: str | None):
     if not vision_tower:
-        return TowerKind.NONE
-    from llava_dpa.perceiver.tower import PerceiverTower
+        return None
     from llava_dpa.towers.registry import tower_class_for
 
-    return TowerKind.PERCEIVER if tower_class_for(vision_tower) is PerceiverTower else TowerKind.VIT
+    return tower_class_for(vision_tower)
+
+
+def tower_kind_of(vision_tower: str | None) -> TowerKind:
+    cls = tower_class_of(vision_tower)
+    if cls is None:
+        return TowerKind.NONE
+    return TowerKind.PERCEIVER if cls.is_perceiver else TowerKind.VIT
 
 
 def resolve_attn_implementation(requested: str | None) -> str:
@@ -320,8 +344,9 @@ def validate(run: RunConfig) -> None:
         if not (m.mm_projector_width and m.mm_projector_depth):
             raise RunConfigError("--mm_projector_type large_mlp needs --mm_projector_width and --mm_projector_depth "
                                  "(llava-dpa projector-budget computes them for a parameter budget)")
-    if d.image_aspect_ratio not in ("square", "pad", "anyres"):
-        raise RunConfigError(f"unknown --image_aspect_ratio {d.image_aspect_ratio!r}; use square, pad or anyres")
+    validate_native_resolution(run)
+    if d.image_aspect_ratio not in ("square", "pad", "anyres", "native"):
+        raise RunConfigError(f"unknown --image_aspect_ratio {d.image_aspect_ratio!r}; use square, pad, anyres or native")
     if d.image_aspect_ratio == "anyres" and run.image_grid_pinpoints is None:
         raise RunConfigError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. "
                              "\"[(448, 896), (896, 448), (896, 896)]\"")
@@ -353,6 +378,43 @@ def validate(run: RunConfig) -> None:
                              f"(stage 2 with --unfreeze_mm_vision_tower True, or a trainable perceiver)")
     if t.load_best_model_at_end:
         raise RunConfigError("--load_best_model_at_end is not supported (checkpoints are rotated by step)")
+
+
+def validate_native_resolution(run: RunConfig) -> None:
+    """Whole images at native resolution: the Qwen-VL perceiver always, a Qwen2.5-VL ViT tower on request."""
+    m, d = run.model, run.data
+    native = d.image_aspect_ratio == "native"
+    if run.qwen_vl_perceiver:
+        if d.image_aspect_ratio != "native":
+            raise RunConfigError(f"--image_aspect_ratio {d.image_aspect_ratio} with the Qwen-VL perceiver "
+                                 f"{m.vision_tower}: it reads each image whole at native resolution; drop the flag "
+                                 f"(or pass native)")
+        used = [f for f, bad in (("--image_grid_pinpoints", d.image_grid_pinpoints is not None),
+                                 ("--mm_patch_merge_type " + str(m.mm_patch_merge_type), m.mm_patch_merge_type != "flat"),
+                                 ("--perceiver_instruction_context", m.perceiver_instruction_context),
+                                 ("--dpa_select_layer", m.dpa_select_layer is not None),
+                                 ("--perceiver_aux_loss_weight", bool(m.perceiver_aux_loss_weight))) if bad]
+        if used:
+            raise RunConfigError(
+                f"{', '.join(used)}: not with the Qwen-VL perceiver {m.vision_tower}. Anyres tiles and spatial merges do "
+                f"not apply to whole images; the perceiver already reads the sample's text before each image (put the "
+                f"question before <image> to give it the instruction); its features are the last layer's; the "
+                f"auxiliary loss is built for the LLaVA-format perceiver.")
+    else:
+        if m.perceiver_visual_positions_only or m.perceiver_system_prompt:
+            raise RunConfigError("--perceiver_visual_positions_only and --perceiver_system_prompt apply to the Qwen-VL "
+                                 "perceiver (--vision_tower dpa:<Qwen2.5-VL or imported folder>)")
+        if native:
+            from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
+
+            if run.tower_kind is not TowerKind.VIT or tower_class_of(m.vision_tower) is not Qwen2_5_VLTower:
+                raise RunConfigError(f"--image_aspect_ratio native needs a Qwen2.5-VL ViT tower or the Qwen-VL perceiver; "
+                                     f"{m.vision_tower} reads fixed-size tiles")
+            if d.image_grid_pinpoints is not None or m.mm_patch_merge_type != "flat":
+                raise RunConfigError("--image_aspect_ratio native reads whole images: drop --image_grid_pinpoints and "
+                                     "--mm_patch_merge_type")
+    if not native and (m.min_pixels or m.max_pixels):
+        raise RunConfigError("--min_pixels/--max_pixels set the native resolution: add --image_aspect_ratio native")
 
 
 def check_against_tower(run: RunConfig, tower) -> None:

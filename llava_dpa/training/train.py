@@ -13,6 +13,7 @@ import torch
 
 from llava_dpa.data.dataset import DataSpec, make_supervised_data_module
 from llava_dpa.loading import load_tokenizer
+from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
 from llava_dpa.training.run_config import (RunConfig, Stage, apply_model_config, check_against_tower, check_resume,
@@ -29,6 +30,8 @@ def setup_vision(model, run: RunConfig, tokenizer):
     apply_model_config(model.config, run)  # the projector builder reads its shape from the config
     inner.initialize_vision_modules(model_args=run.model, fsdp=run.training.fsdp)
     tower = model.get_vision_tower()
+    if not run.model.pretrain_mm_mlp_adapter:
+        logger.info(adopt_pretrained_merger(model))
     check_against_tower(run, tower)
     tower.to(dtype=run.compute_dtype, device=run.training.device)
     tower.attach_tokenizers(tokenizer, perceiver_tokenizer_needed=bool(run.aux_loss_weight))
@@ -48,6 +51,7 @@ def data_spec(run: RunConfig, tower, tokenizer) -> DataSpec:
                     image_aspect_ratio=run.data.image_aspect_ratio, image_grid_pinpoints=run.image_grid_pinpoints,
                     image_processor=tower.image_processor if tower is not None else None,
                     tokens_per_image=tower.num_patches if tower is not None else 0,
+                    tokens_for=getattr(tower, "tokens_for", None) if getattr(tower, "per_image_features", False) else None,
                     mm_use_im_start_end=run.model.mm_use_im_start_end, strict=run.data.strict_data,
                     perceiver_aux=aux_data_for(tower, run) if run.aux_loss_weight else None)
 

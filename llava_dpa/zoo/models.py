@@ -72,3 +72,65 @@ def tiny_qwen2_5_vl_vision(folder: Path, seed: int = 0, out_hidden_size: int = W
     model = Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({"tile_size": TILE}))
+
+
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+NATIVE_PIXELS = {"min_pixels": 256, "max_pixels": 4096}  # 16x16 to 64x64: 4 to 64 visual tokens per image
+
+
+def qwen_vl_tokenizer(tokenizer):
+    """A Qwen3-style tiny tokenizer with Qwen2.5-VL's vision tokens added (as Qwen2.5-VL's has them)."""
+    tokenizer.add_tokens(QWEN_VL_TOKENS, special_tokens=True)
+    return tokenizer
+
+
+def _tiny_vision_config(out_hidden_size: int) -> dict:
+    return dict(depth=2, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_heads=4, in_channels=3, patch_size=4,
+                spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1],
+                out_hidden_size=out_hidden_size)
+
+
+def tiny_native_perceiver(tokenizer, folder: Path, seed: int = 0, rope_theta: float = 10_000.0):
+    """The official DPA perceiver's architecture, tiny: a Qwen2.5-VL ViT whose merger outputs the LM's width and a
+    Qwen3 LM with sectioned M-RoPE, in this project's perceiver format (what import-official writes)."""
+    from safetensors.torch import save_file
+
+    from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
+
+    tokenizer = qwen_vl_tokenizer(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}
+    text = dict(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                tie_word_embeddings=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+    spec = {"model_type": SPEC_TYPE, "source_format": "tiny zoo", "text_model": "qwen3_mrope",
+            "vision_config": _tiny_vision_config(WIDTH), "text_config": text, "mrope_section": [2, 3, 3],
+            "rotary": {"head_dim": 16, "theta": rope_theta},
+            "image_token_id": ids["<|image_pad|>"], "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"]}
+    torch.manual_seed(seed)
+    model = QwenVLPerceiver(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(spec, indent=1))
+    (folder / "preprocessor_config.json").write_text(json.dumps(NATIVE_PIXELS))
+    tokenizer.save_pretrained(folder)
+
+
+def tiny_qwen2_5_vl(tokenizer, folder: Path, seed: int = 0):
+    """A stock Hugging Face Qwen2.5-VL checkpoint, tiny (both the baseline's ViT source and a perceiver)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = qwen_vl_tokenizer(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}
+    text = dict(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1_000_000.0,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, tie_word_embeddings=True,
+                bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(vision_config=_tiny_vision_config(WIDTH), text_config=text,
+                              image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"], video_token_id=ids["<|image_pad|>"])
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(NATIVE_PIXELS))
+    tokenizer.save_pretrained(folder)

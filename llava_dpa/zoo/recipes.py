@@ -25,7 +25,8 @@ def tiny_settings(zoo: dict, checkpoints: str | Path) -> Settings:
         paths={"vit": zoo["qwen2_5_vl_vit"], "qwen3_0_6b": zoo["qwen3_lm_b"], "qwen3_4b": zoo["qwen3_lm"],
                "qwen3_32b": zoo["qwen3_lm"], "llama3_2_3b": zoo["llama_lm"],
                "stage1_data": zoo["stage1_data"], "stage1_images": zoo["images"],
-               "stage2_data": zoo["stage2_data"], "stage2_images": zoo["images"], "checkpoints": str(checkpoints)},
+               "stage2_data": zoo["stage2_data"], "stage2_images": zoo["images"], "checkpoints": str(checkpoints),
+               "official_perceiver": zoo["native_perceiver"]},
         launcher="python", gpus_per_node=1, per_device_batch=4, precision="fp32", dataloader_workers=0,
         python=sys.executable)
 

@@ -1,0 +1,143 @@
+"""The Qwen-VL-native perceiver model: the official DPA release's perceiver, built from config.
+
+A Qwen2.5-VL ViT whose patch merger projects into the perceiver LM's width, and a language model that
+reads the image at native resolution with 3-D M-RoPE positions. Two language models are accepted:
+- `qwen2_5_vl_text`: a stock Hugging Face Qwen2.5-VL checkpoint's own LM;
+- `qwen3_mrope`: the official perceiver, a Qwen3 LM with Qwen2.5-VL's sectioned M-RoPE
+  (modeling_llava_baseline.py 550-557). Its rotary frequencies come from the recorded `rotary`
+  settings: the official checkpoint builds them from its `perceiver_config` (a Qwen2Config), not from the
+  Qwen3 LM's own config, so rope_theta may well be Qwen2Config's default 10000.
+
+Everything the model needs is one normalised `spec` dict (recorded in the target's config), so a trained
+DPA checkpoint rebuilds its perceiver with the perceiver folder gone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from llava_dpa.perceiver.mrope import SectionedRotary
+
+SPEC_TYPE = "llava_dpa_qwen_vl_perceiver"
+TEXT_MODELS = ("qwen2_5_vl_text", "qwen3_mrope")
+
+
+class QwenVLPerceiverError(ValueError):
+    pass
+
+
+def _rope_of(config: dict) -> dict:
+    return config.get("rope_parameters") or config.get("rope_scaling") or {}
+
+
+def spec_from_config(config: dict, source: str) -> dict:
+    """The normalised spec of a perceiver folder's config.json: this project's own format, or a stock
+    Qwen2.5-VL checkpoint. Anything else is refused, naming what it is."""
+    model_type = config.get("model_type")
+    if model_type == SPEC_TYPE:
+        return config
+    if model_type == "qwen2_5_vl":
+        text = dict(config.get("text_config") or {k: v for k, v in config.items() if k != "vision_config"})
+        text.pop("model_type", None)
+        section = _rope_of(text).get("mrope_section") or _rope_of(config).get("mrope_section")
+        return {"model_type": SPEC_TYPE, "source_format": "qwen2_5_vl", "text_model": "qwen2_5_vl_text",
+                "vision_config": {k: v for k, v in config["vision_config"].items() if k != "model_type"},
+                "text_config": text, "mrope_section": list(section),
+                "image_token_id": config.get("image_token_id", 151655),
+                "vision_start_token_id": config.get("vision_start_token_id", 151652),
+                "vision_end_token_id": config.get("vision_end_token_id", 151653)}
+    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        raise QwenVLPerceiverError(
+            f"{source} is a Qwen3-VL checkpoint; this project's Qwen-VL perceiver reads Qwen2.5-VL's architecture "
+            f"(and the official DPA perceiver built on it). Qwen3-VL (deepstack features, interleaved M-RoPE) is not "
+            f"supported yet.")
+    if model_type in ("llava_baseline", "forward_visual_tokens_llava_arch"):
+        raise QwenVLPerceiverError(
+            f"{source} is in the official DPA release's layout ({model_type}); convert it first: "
+            f"llava-dpa import-official {source} --output DIR")
+    raise QwenVLPerceiverError(f"{source}: model_type {model_type!r} is not a Qwen-VL perceiver (a Qwen2.5-VL checkpoint, "
+                               f"or one written by llava-dpa import-official / make-perceiver --native)")
+
+
+def _text_model(spec: dict, attn_implementation: str) -> nn.Module:
+    text = dict(spec["text_config"])
+    kind = spec["text_model"]
+    if kind == "qwen2_5_vl_text":
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+        from llava_dpa.language_models.base import rope_settings_for_this_line
+
+        config = Qwen2_5_VLTextConfig(**rope_settings_for_this_line(text))
+        config._attn_implementation = attn_implementation
+        return Qwen2_5_VLTextModel._from_config(config)
+    if kind == "qwen3_mrope":
+        from transformers import Qwen3Config
+        from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
+
+        config = Qwen3Config(**{k: v for k, v in text.items() if k != "model_type"})
+        config._attn_implementation = attn_implementation
+        model = Qwen3Model._from_config(config)
+        rotary = spec["rotary"]
+        if rotary["head_dim"] != config.head_dim:
+            raise QwenVLPerceiverError(f"the perceiver's rotary settings are for head_dim {rotary['head_dim']}, its LM's "
+                                       f"attention heads have {config.head_dim}")
+        model.rotary_emb = SectionedRotary(rotary["head_dim"], rotary["theta"], spec["mrope_section"])
+        return model
+    raise QwenVLPerceiverError(f"unknown perceiver language model {kind!r}; expected one of {TEXT_MODELS}")
+
+
+class QwenVLPerceiver(nn.Module):
+    def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
+        super().__init__()
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+        self.spec = spec
+        vision = Qwen2_5_VLVisionConfig(**spec["vision_config"])
+        vision._attn_implementation = attn_implementation
+        self.visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(vision)
+        self.language_model = _text_model(spec, attn_implementation)
+        width = self.language_model.config.hidden_size
+        if vision.out_hidden_size != width:
+            raise QwenVLPerceiverError(f"the perceiver ViT's merger outputs {vision.out_hidden_size} features, its LM is "
+                                       f"{width} wide")
+
+    @property
+    def config(self):
+        return self.language_model.config
+
+    @property
+    def vision_config(self):
+        return self.visual.config
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.embed_tokens(ids)
+
+    def visual_tokens(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        """Flattened patches of all images -> their merged tokens, in the LM's width."""
+        from llava_dpa.towers.qwen2_5_vl import merged_tokens
+
+        return merged_tokens(self.visual(patches, grid_thw=grids))
+
+    def forward(self, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state
+
+
+# ---- the perceiver's own weights from the checkpoints it may come from ---------------------------------
+def own_state(state: dict, spec: dict, source: str) -> dict:
+    """A perceiver folder's weights under this module's names (visual.*, language_model.*); an LM head is
+    dropped (the features never read it)."""
+    out = {}
+    for key, value in state.items():
+        for prefix, target in (("model.visual.", "visual."), ("visual.", "visual."),
+                               ("model.language_model.", "language_model."), ("language_model.", "language_model."),
+                               ("model.", "language_model.")):
+            if key.startswith(prefix):
+                out[target + key[len(prefix):]] = value
+                break
+    if not any(k.startswith("visual.") for k in out) or not any(k.startswith("language_model.") for k in out):
+        raise QwenVLPerceiverError(f"{source}: no perceiver ViT (visual.*) or LM (language_model.*) weights found")
+    return out
