@@ -1,11 +1,19 @@
 """`llava-dpa report`: benchmark scores in the layout of the paper's Table 1.
 
 Per-benchmark scores; group averages (General, Reasoning, Perception, Text); Multi. Avg. (the mean of the
-8 multimodal benchmarks) and All Avg. (the mean of all 11); a Δ row per `--pair DPA=BASELINE`; and, given
-`--llm NAME` (a row holding the original LLM's text scores), the relative reduction in text forgetting:
-(F_baseline - F_dpa) / F_baseline with F = LLM text avg - model text avg, computed from the Text averages
-as printed (one decimal), as the paper does. These definitions reproduce the paper's averages and its
-32.9% / 21.6% reductions from its own per-benchmark numbers.
+8 multimodal benchmarks) and All Avg. (the mean of all 11); a Δ row per `--pair DPA=BASELINE`; and, given an
+LLM row (`--llm NAME`, or `--pair DPA=BASELINE@LLM`) holding the original LLM's text scores, the text
+forgetting and the reduction DPA gives.
+
+The paper's convention, which this follows (tests/test_report.py checks it against every cell of Table 1):
+- every number is printed to one decimal, rounded half up (`printed`); an average is the mean of the
+  per-benchmark numbers as given (full precision), then rounded;
+- a Δ cell is the difference of the two *printed* cells: e.g. the 32B Reasoning Δ is +1.8 = 50.1 - 48.3,
+  where the unrounded means differ by 1.73;
+- forgetting F = printed LLM Text avg - printed model Text avg; the reduction is F_baseline - F_dpa points
+  (the Text Δ) and (F_baseline - F_dpa) / F_baseline relative, printed as a percentage to one decimal:
+  4B: (67.9 - 45.1) - (67.9 - 52.6) = 7.5 points, 7.5 / 22.8 = 32.9% (the unrounded means give 32.8%).
+`rows` hold the printed averages; `unrounded` holds the exact means.
 
 Input: one JSON file {model: {benchmark: score}} with the paper's benchmark names, or lmms-eval result
 folders (their results_*.json), whose task names are mapped to the paper's.
@@ -15,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 GROUPS = {
@@ -45,12 +54,35 @@ LMMS_TASKS = {
 }
 
 
+PRINTED_DECIMALS = 1  # Table 1 prints every score, average and Δ to one decimal
+
+
+def _dec(value) -> Decimal:
+    # repr: the shortest decimal that is this float, so 64.35 is 64.35 and not 64.3499999...
+    return Decimal(repr(float(value)))
+
+
+def printed(value, decimals: int = PRINTED_DECIMALS) -> float | None:
+    """`value` as the paper prints it: `decimals` places, ties rounded half up (away from zero)."""
+    if value is None:
+        return None
+    return float(_dec(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
+
+
 def mean(values):
     values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return float(sum(map(_dec, values)) / len(values)) if values else None
 
 
-def summarize(scores: dict[str, float]) -> dict[str, float | None]:
+def _difference(a, b) -> float | None:
+    """printed(a) - printed(b), exactly (no float residue: 50.1 - 48.3 is 1.8)."""
+    if a is None or b is None:
+        return None
+    return float(_dec(printed(a)) - _dec(printed(b)))
+
+
+def unrounded_summary(scores: dict[str, float]) -> dict[str, float | None]:
+    """Per-benchmark scores as given and the exact (unrounded) averages."""
     unknown = set(scores) - set(BENCHMARKS)
     if unknown:
         raise ValueError(f"unknown benchmark name(s) {sorted(unknown)}; use the paper's names: {BENCHMARKS}")
@@ -62,25 +94,57 @@ def summarize(scores: dict[str, float]) -> dict[str, float | None]:
     return row
 
 
-def build_table(models: dict[str, dict], pairs: list[tuple[str, str]] = (), llm: str | None = None) -> dict:
+def summarize(scores: dict[str, float]) -> dict[str, float | None]:
+    """A Table 1 row: per-benchmark scores as given; averages from them, rounded to the printed precision."""
+    row = unrounded_summary(scores)
+    return {c: (printed(v) if c not in BENCHMARKS else v) for c, v in row.items()}
+
+
+def _parse_pair(pair) -> tuple[str, str, str | None]:
+    if len(pair) == 2:
+        return pair[0], pair[1], None
+    dpa, base, llm = pair
+    return dpa, base, llm
+
+
+def forgetting_reduction(rows: dict, dpa: str, base: str, llm: str) -> dict:
+    """Text forgetting against the text-only LLM, from the printed Text averages (and per text benchmark)."""
+    if llm not in rows or rows[llm]["Text"] is None:
+        raise KeyError(f"--llm {llm!r} needs a row with the three text benchmarks")
+
+    def reduction(column):
+        if rows[base][column] is None or rows[dpa][column] is None:
+            return dict.fromkeys(("forgetting_baseline", "forgetting_dpa", "points", "relative_reduction",
+                                  "relative_reduction_pct"))
+        ref, b, d = (_dec(printed(rows[n][column])) for n in (llm, base, dpa))
+        f_base, f_dpa = ref - b, ref - d
+        rel = (f_base - f_dpa) / f_base if f_base else None
+        return {"forgetting_baseline": float(f_base), "forgetting_dpa": float(f_dpa),
+                "points": float(f_base - f_dpa), "relative_reduction": None if rel is None else float(rel),
+                "relative_reduction_pct": None if rel is None else printed(rel * 100)}
+
+    out = reduction("Text")
+    out["llm"] = llm
+    out["per_benchmark"] = {b: reduction(b) for b in GROUPS["Text"]
+                            if all(rows[n][b] is not None for n in (llm, base, dpa))}
+    return out
+
+
+def build_table(models: dict[str, dict], pairs=(), llm: str | None = None) -> dict:
+    """`pairs`: (DPA, BASELINE) or (DPA, BASELINE, LLM); a pair's own LLM wins over `llm`, and a pair with
+    neither gets a Δ row and no forgetting."""
+    unrounded = {name: unrounded_summary(scores) for name, scores in models.items()}
     rows = {name: summarize(scores) for name, scores in models.items()}
     deltas, forgetting = {}, {}
-    for dpa, base in pairs:
+    for pair in pairs:
+        dpa, base, pair_llm = _parse_pair(pair)
         for name in (dpa, base):
             if name not in rows:
                 raise KeyError(f"--pair names {name!r}, which is not among the models {sorted(rows)}")
-        deltas[f"Δ {dpa} - {base}"] = {c: (rows[dpa][c] - rows[base][c]) if rows[dpa][c] is not None and
-                                       rows[base][c] is not None else None for c in COLUMNS}
-        if llm is not None:
-            if llm not in rows or rows[llm]["Text"] is None:
-                raise KeyError(f"--llm {llm!r} needs a row with the three text benchmarks")
-            # From the Text averages as the table prints them (one decimal), as the paper computes it.
-            text = {n: round(rows[n]["Text"], 1) for n in (llm, base, dpa)}
-            f_base = text[llm] - text[base]
-            f_dpa = text[llm] - text[dpa]
-            forgetting[f"{dpa} vs {base}"] = {"forgetting_baseline": f_base, "forgetting_dpa": f_dpa,
-                                              "points": f_base - f_dpa, "relative_reduction": (f_base - f_dpa) / f_base}
-    return {"columns": COLUMNS, "rows": rows, "deltas": deltas, "forgetting": forgetting}
+        deltas[f"Δ {dpa} - {base}"] = {c: _difference(rows[dpa][c], rows[base][c]) for c in COLUMNS}
+        if (pair_llm or llm) is not None:
+            forgetting[f"{dpa} vs {base}"] = forgetting_reduction(rows, dpa, base, pair_llm or llm)
+    return {"columns": COLUMNS, "rows": rows, "deltas": deltas, "forgetting": forgetting, "unrounded": unrounded}
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -129,7 +193,8 @@ def load_inputs(paths: list[str]) -> dict[str, dict]:
 def _fmt(v, signed=False):
     if v is None:
         return "-"
-    return f"{v:+.1f}" if signed else f"{v:.1f}"
+    v = printed(v)
+    return f"{v:+.{PRINTED_DECIMALS}f}" if signed else f"{v:.{PRINTED_DECIMALS}f}"
 
 
 def to_markdown(table: dict) -> str:
@@ -140,8 +205,9 @@ def to_markdown(table: dict) -> str:
     for name, row in table["deltas"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(row[c], signed=True) for c in cols) + " |")
     for name, f in table["forgetting"].items():
-        lines.append(f"\nText forgetting, {name}: baseline {f['forgetting_baseline']:.1f}, DPA {f['forgetting_dpa']:.1f} "
-                     f"points; reduction {f['points']:+.1f} points ({f['relative_reduction']:.1%} relative)")
+        pct = "-" if f["relative_reduction_pct"] is None else f"{f['relative_reduction_pct']:.1f}%"
+        lines.append(f"\nText forgetting against {f['llm']}, {name}: baseline {_fmt(f['forgetting_baseline'])}, "
+                     f"DPA {_fmt(f['forgetting_dpa'])} points; reduction {_fmt(f['points'], True)} points ({pct} relative)")
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +239,8 @@ def to_png(table: dict, path: str) -> None:
             ax.axvspan(x - 0.45, x + 0.45, color="0.92", zorder=0)
     ax.set_ylabel("score")
     ax.legend(fontsize=8)
-    title = "; ".join(f"{k}: forgetting {v['relative_reduction']:.1%} lower" for k, v in table["forgetting"].items())
+    title = "; ".join(f"{k}: forgetting {v['relative_reduction_pct']}% lower" for k, v in table["forgetting"].items()
+                      if v["relative_reduction_pct"] is not None)
     ax.set_title(title or "Benchmarks (shaded: averages)", fontsize=9)
     save(fig, path)
 
@@ -181,8 +248,11 @@ def to_png(table: dict, path: str) -> None:
 def register(sub) -> None:
     p = sub.add_parser("report", help="benchmark scores in the layout of the paper's Table 1")
     p.add_argument("inputs", nargs="+", help="a JSON {model: {benchmark: score}} file, or lmms-eval result folders")
-    p.add_argument("--pair", action="append", default=[], help="DPA=BASELINE: add a Δ row (repeatable)")
-    p.add_argument("--llm", default=None, help="the row holding the original LLM's text scores (forgetting)")
+    p.add_argument("--pair", action="append", default=[],
+                   help="DPA=BASELINE or DPA=BASELINE@LLM: add a Δ row, and with an LLM row the forgetting "
+                        "reduction against it (repeatable)")
+    p.add_argument("--llm", default=None, help="the row holding the original LLM's text scores (forgetting), for "
+                                               "every --pair that names none")
     p.add_argument("--format", choices=["markdown", "csv", "json", "png"], default="markdown",
                    help="png: a bar chart (needs --output)")
     p.add_argument("--output", default=None, help="write here instead of printing")
@@ -191,8 +261,10 @@ def register(sub) -> None:
         pairs = []
         for item in a.pair:
             if "=" not in item:
-                raise ValueError(f"--pair {item!r}: write DPA=BASELINE")
-            pairs.append(tuple(item.split("=", 1)))
+                raise ValueError(f"--pair {item!r}: write DPA=BASELINE or DPA=BASELINE@LLM")
+            dpa, rest = item.split("=", 1)
+            base, _, pair_llm = rest.partition("@")
+            pairs.append((dpa, base, pair_llm or None))
         table = build_table(load_inputs(a.inputs), pairs, a.llm)
         if a.format == "png":
             if not a.output:
