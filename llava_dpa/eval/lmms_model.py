@@ -1,7 +1,20 @@
 """The lmms-eval model `llava_dpa`: any checkpoint of this project, DPA or baseline, or a plain LLM.
 
     lmms-eval --model llava_dpa --model_args pretrained=<checkpoint>[,model_base=<llm>][,conv_template=qwen_3]
-              [,dtype=bfloat16][,max_new_tokens=1024] --tasks mmstar,ai2d --device cuda:0 --batch_size 8
+              [,dtype=bfloat16][,max_new_tokens=1024][,system_prompt=You are a helpful assistant.]
+              --tasks mmstar,ai2d --device cuda:0 --batch_size 8
+              [--gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5]
+
+`system_prompt` sets the system turn of the target's prompt (default: the template's own, which for qwen_3
+is none). lmms-eval splits model_args at commas and keeps the rest of the value as written (spaces and
+periods too); a prompt with a comma goes in quotes, system_prompt="Be brief, be right.", which the model
+strips. Quote the whole --model_args for the shell. An empty value (system_prompt=) clears the template's
+system text (llava's ChatML templates cannot go without one). The perceiver's own prompt is not this: a
+checkpoint records it when it is built.
+
+Generation settings (a task's own, which `--gen_kwargs` overrides key by key): max_new_tokens, temperature,
+do_sample (sampling needs both do_sample and temperature > 0), top_p, top_k (0: off, else the checkpoint's
+generation_config applies), num_beams, and presence_penalty (vLLM's, see PresencePenalty).
 
 It registers through the `lmms_eval.models` entry point (llava_dpa.eval.lmms_plugin). Why not lmms-eval's
 own `llava` model: it formats prompts with vicuna_v1 unless told otherwise, casts images to float16 (which a
@@ -26,8 +39,28 @@ from tqdm import tqdm
 
 from lmms_eval.api.model import lmms
 
-_GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample")
+_GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "presence_penalty", "num_beams", "do_sample")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PresencePenalty:
+    """A logits processor with vLLM's (and OpenAI's) presence penalty, which HF generate lacks: `penalty` is
+    subtracted from the logit of every token that already occurs in the reply (the generated tokens, not the
+    prompt), once however often it occurs; applied before temperature, top-k and top-p, as vLLM does."""
+
+    def __init__(self, penalty: float):
+        self.penalty = float(penalty)
+        self.start = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:  # the first call sees the prompt (or nothing, when generating from embeddings)
+            self.start = input_ids.shape[1]
+        generated = input_ids[:, self.start:]
+        if generated.numel() == 0:
+            return scores
+        seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        seen.scatter_(1, generated.to(scores.device), True)
+        return scores - self.penalty * seen.to(scores.dtype)
 
 
 def _as_bool(value) -> bool:
@@ -46,12 +79,48 @@ def _as_lmms_response(pair: tuple[float, bool]):
     return instance.GenerationResult(text=pair, token_counts=None)
 
 
+def _system_text(value) -> str | None:
+    """A `system_prompt` model_arg as text. lmms-eval's parser keeps quotes that protect commas and turns
+    true/false and numbers into Python values; one pair of matching outer quotes is removed here."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text
+
+
+def with_system(conv, system: str | None):
+    """`conv` (a copy of a llava conversation template) with `system` as its system turn; None keeps the
+    template's own. The qwen_3 / llama_3 templates render the text in the model's chat format
+    (llava_dpa/templates.py); llava's plain-text styles take it as it is, its ChatML ones (`chatml_direct`,
+    `mpt`) after their `<|im_start|>system` header."""
+    from llava.conversation import SeparatorStyle
+
+    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
+
+    if system is None:
+        return conv
+    chatml_header = "<|im_start|>system\n"
+    if conv.version in CHAT_TEMPLATE_VERSIONS or conv.sep_style in (SeparatorStyle.SINGLE, SeparatorStyle.TWO,
+                                                                    SeparatorStyle.LLAMA_2):
+        conv.system = system
+    elif conv.sep_style == SeparatorStyle.MPT and conv.system.startswith(chatml_header) and system:
+        conv.system = chatml_header + system
+    else:
+        raise ValueError(f"system_prompt={system!r} does not fit the conversation template {conv.version!r} "
+                         f"({conv.sep_style.name}); use a chat template such as qwen_3 or llama_3")
+    return conv
+
+
 class LlavaDPA(lmms):
     is_simple = True
+    system_prompt: str | None = None  # the template's own system turn
 
     def __init__(self, pretrained: str, model_base: str | None = None, conv_template: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size=1, max_new_tokens=1024,
-                 attn_implementation: str | None = None, use_cache=True, **kwargs) -> None:
+                 attn_implementation: str | None = None, use_cache=True, system_prompt: str | None = None,
+                 **kwargs) -> None:
         super().__init__()
         from llava.conversation import conv_templates
 
@@ -76,6 +145,8 @@ class LlavaDPA(lmms):
         self._tokenizer, self._model, self._processor, self._max_length = load_pretrained_model(
             pretrained, model_base, None, device=device, dtype=torch_dtype, **extra)
         self.conv_mode = resolve_conv_mode(self._model.config, conv_template, conv_templates.keys())
+        self.system_prompt = _system_text(system_prompt)
+        with_system(conv_templates[self.conv_mode].copy(), self.system_prompt)  # a template that cannot: fail now
         self.batch_size_per_gpu = int(batch_size or 1)
         self.max_new_tokens = int(max_new_tokens)
         self.use_cache = _as_bool(use_cache)
@@ -105,8 +176,8 @@ class LlavaDPA(lmms):
     # -- prompts and inputs -------------------------------------------------------------------------------
 
     def prompt(self, context: str, n_images: int) -> str:
-        """The user turn (image placeholders first, as LLaVA trains) in the checkpoint's template, up to the
-        assistant's reply."""
+        """The system turn (`system_prompt`, else the template's), then the user turn (image placeholders first,
+        as LLaVA trains) in the checkpoint's template, up to the assistant's reply."""
         from llava.constants import DEFAULT_IMAGE_TOKEN
         from llava.conversation import conv_templates
 
@@ -115,7 +186,7 @@ class LlavaDPA(lmms):
                              "the original-LLM mode evaluates text tasks only")
         if n_images and DEFAULT_IMAGE_TOKEN not in context:
             context = "\n".join([DEFAULT_IMAGE_TOKEN] * n_images) + "\n" + context
-        conv = conv_templates[self.conv_mode].copy()
+        conv = with_system(conv_templates[self.conv_mode].copy(), self.system_prompt)
         conv.append_message(conv.roles[0], context)
         conv.append_message(conv.roles[1], None)
         return conv.get_prompt()
@@ -177,9 +248,15 @@ class LlavaDPA(lmms):
         temperature = float(settings.pop("temperature", 0) or 0)
         do_sample = _as_bool(settings.pop("do_sample", temperature > 0)) and temperature > 0
         if do_sample:
-            settings["temperature"] = temperature
+            settings["temperature"] = temperature  # top_k=0 turns off the checkpoint's generation_config top_k
         else:
             settings.pop("top_p", None)
+            settings.pop("top_k", None)
+        presence_penalty = float(settings.pop("presence_penalty", 0) or 0)
+        if presence_penalty:  # like vLLM, also under greedy decoding
+            from transformers import LogitsProcessorList
+
+            settings["logits_processor"] = LogitsProcessorList([PresencePenalty(presence_penalty)])
 
         ids = [self._encode(p) for p in prompts]
         width = max(len(x) for x in ids)

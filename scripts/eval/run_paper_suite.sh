@@ -13,11 +13,23 @@
 #   on the target's text path, which `llava-dpa export-llm` writes as a plain model first (LoRA merged).
 #   Its text-path logits equal the VLM's on text (tests/test_lmms_eval.py).
 # - LLM_ONLY=1: <checkpoint> is the original LLM; only the 3 text tasks run (the forgetting reference).
+# - PROTOCOL=official: the official release's generation settings instead of each task's own
+#   (docs/evaluation_and_analysis.md, "The official protocol", cites each one's file and line):
+#   multimodal: sampling at temperature 0.01, top-p 0.9, no top-k, at most 4,096 new tokens; MMVet judged
+#   by MMVET_JUDGE_MODEL (gpt-4-1106-preview, the release's "gpt-4-turbo"), the other judged task by
+#   JUDGE_MODEL (gpt-4o), so MMVet runs in an lmms-eval process of its own (lmms-eval reads its judge from
+#   MODEL_VERSION once per process). Text (non-thinking): temperature 0.7, top-p 0.8, top-k 20, presence
+#   penalty 1.5, up to 32,768 new tokens; lm-evaluation-harness's hf model has no presence penalty, its vllm
+#   model has (REDUX_BACKEND=vllm). The empty think block after the prompt is the qwen_3 template's own.
+#   The multimodal runs give the target the release's system prompt "You are a helpful assistant."
+#   (model_arg system_prompt; the text runs, like the release's OpenCompass ones, have none). Not applied:
+#   its per-dataset prompts and GPT answer extraction (the tasks are lmms-eval's).
 #
 # Environment: MODEL_BASE (LoRA / projector-only checkpoints), CONV_TEMPLATE, DEVICE (cuda:0), DTYPE
 # (bfloat16), BATCH_SIZE (1), NUM_PROCESSES (1; >1 runs lmms-eval under accelerate, one GPU per process),
 # LIMIT (debug: N docs per task), MM_TASKS / TEXT_TASKS / REDUX_TASK (override task lists),
-# SKIP_MMLU_REDUX=1, PYTHON, DRY_RUN=1 (print the commands only).
+# SKIP_MMLU_REDUX=1, REDUX_BACKEND (hf; or vllm), PROTOCOL (default; or official), JUDGE_MODEL /
+# MMVET_JUDGE_MODEL (official only), PYTHON, DRY_RUN=1 (print the commands only).
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: $0 <checkpoint> [output folder]" >&2
@@ -33,9 +45,46 @@ OUT=${2:-eval_results/$(basename "$CKPT")}
 : "${MM_TASKS:=mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d}"
 : "${TEXT_TASKS:=openai_math,gpqa_diamond_openai}"
 : "${REDUX_TASK:=mmlu_redux_generative}"
+: "${REDUX_BACKEND:=hf}"
+: "${PROTOCOL:=default}"
+case "$PROTOCOL" in
+  default | official) ;;
+  *) echo "PROTOCOL=$PROTOCOL: choose default (each task's own settings) or official (the release's)" >&2; exit 2 ;;
+esac
+case "$REDUX_BACKEND" in
+  hf | vllm) ;;
+  *) echo "REDUX_BACKEND=$REDUX_BACKEND: choose hf or vllm" >&2; exit 2 ;;
+esac
+# PROTOCOL=official (the release: THUMAI-Lab/Deep-Pre-Alignment @1faf467). Multimodal: in EVAL =
+# Multimodal_eval/vlmevalkit/vlmeval/vlm/duplex_pts2_forward_vllm_prefix_custom_llava.py, line 152:
+# SamplingParams(temperature=Temperature (0.01, line 34), top_p=0.9, max_tokens=4096), which leaves
+# vLLM's top-k off (top_k=0 here turns off the checkpoint's generation_config top_k).
+OFFICIAL_MM_GEN="do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096"
+# Text: opencompass/opencompass/configs/mb_internal/models/qwen/vllm_qwen3_nothink_sft_reproduce.py lines
+# 11-20 (max_out_len 32768; temperature 0.7, top_p 0.8, top_k 20, presence_penalty 1.5; enable_thinking False),
+# the infer_type of ms-swift/scripts/eval_DPA_text.sh line 39.
+OFFICIAL_TEXT_SAMPLING="do_sample=True,temperature=0.7,top_p=0.8,top_k=20"
+# The target's system turn: EVAL line 41 (SYSTEM_PROMPT), line 127. The perceiver's is the checkpoint's own
+# (a Qwen-VL perceiver records --perceiver_system_prompt when it is built). lmms-eval splits model_args at
+# commas only, so the spaces and the period reach the model as written.
+OFFICIAL_SYSTEM_PROMPT="You are a helpful assistant."
+# Judges: Multimodal_eval/auto_evaluator.py line 258 ("gpt-4o", "gpt-4-turbo" for MMVet), which
+# vlmeval/dataset/utils/judge_util.py maps to gpt-4o (line 26) and gpt-4-1106-preview (line 15).
+: "${JUDGE_MODEL:=gpt-4o}"
+: "${MMVET_JUDGE_MODEL:=gpt-4-1106-preview}"
 
+# run COMMAND...: print it (words with spaces or other shell characters single-quoted, so the line can be
+# pasted back), then run it unless DRY_RUN
 run() {
-  echo "+ $*"
+  local line="+" word
+  for word in "$@"; do
+    if [ -n "$word" ] && [[ $word != *[!A-Za-z0-9_./,=:+@%-]* ]]; then
+      line+=" $word"
+    else
+      line+=" '${word//\'/\'\\\'\'}'"
+    fi
+  done
+  echo "$line"
   if [ -z "${DRY_RUN:-}" ]; then "$@"; fi
 }
 
@@ -56,10 +105,39 @@ else
   lmms=("$PYTHON" -m lmms_eval)
 fi
 
-tasks=$TEXT_TASKS
-[ -z "${LLM_ONLY:-}" ] && tasks="$MM_TASKS,$TEXT_TASKS"
-run "${lmms[@]}" --model llava_dpa --model_args "$model_args" --tasks "$tasks" --device "$DEVICE" \
-    --batch_size "$BATCH_SIZE" --output_path "$OUT/lmms_eval" --log_samples "${limit[@]}"
+# lmms_eval TASKS OUTPUT [GEN_KWARGS [JUDGE [MODEL_ARGS]]]: one lmms-eval process (JUDGE: its MODEL_VERSION;
+# MODEL_ARGS: added to the model's)
+lmms_eval() {
+  local gen=() judge=() args=$model_args
+  [ -n "${3:-}" ] && gen=(--gen_kwargs "$3")
+  [ -n "${4:-}" ] && judge=(env "MODEL_VERSION=$4")
+  [ -n "${5:-}" ] && args+=",$5"
+  run "${judge[@]}" "${lmms[@]}" --model llava_dpa --model_args "$args" --tasks "$1" --device "$DEVICE" \
+      --batch_size "$BATCH_SIZE" --output_path "$2" --log_samples "${gen[@]}" "${limit[@]}"
+}
+
+if [ "$PROTOCOL" = default ]; then
+  tasks=$TEXT_TASKS
+  [ -z "${LLM_ONLY:-}" ] && tasks="$MM_TASKS,$TEXT_TASKS"
+  lmms_eval "$tasks" "$OUT/lmms_eval"
+else
+  if [ -z "${LLM_ONLY:-}" ]; then
+    mm_judged=() mmvet=()
+    IFS=, read -r -a mm_list <<< "$MM_TASKS"
+    for task in "${mm_list[@]}"; do
+      if [ "$task" = mmvet ]; then mmvet=(mmvet); else mm_judged+=("$task"); fi
+    done
+    if [ ${#mm_judged[@]} -gt 0 ]; then
+      lmms_eval "$(IFS=,; echo "${mm_judged[*]}")" "$OUT/lmms_eval/multimodal" "$OFFICIAL_MM_GEN" "$JUDGE_MODEL" \
+          "system_prompt=$OFFICIAL_SYSTEM_PROMPT"
+    fi
+    if [ ${#mmvet[@]} -gt 0 ]; then
+      lmms_eval mmvet "$OUT/lmms_eval/mmvet" "$OFFICIAL_MM_GEN" "$MMVET_JUDGE_MODEL" \
+          "system_prompt=$OFFICIAL_SYSTEM_PROMPT"
+    fi
+  fi
+  lmms_eval "$TEXT_TASKS" "$OUT/lmms_eval/text" "$OFFICIAL_TEXT_SAMPLING,presence_penalty=1.5,max_new_tokens=32768"
+fi
 
 if [ -z "${SKIP_MMLU_REDUX:-}" ]; then
   if [ -z "${DRY_RUN:-}" ] && ! "$PYTHON" -c "import lm_eval" 2>/dev/null; then
@@ -77,10 +155,17 @@ if [ -z "${SKIP_MMLU_REDUX:-}" ]; then
   fi
   # enable_thinking=False: the prompt the qwen_3 template gives in training and in lmms-eval (other
   # families' chat templates ignore it)
-  run "$PYTHON" -m lm_eval --model hf --model_args "pretrained=$text_model,dtype=$DTYPE,enable_thinking=False" \
-      --tasks "$REDUX_TASK" \
+  redux_gen=()
+  if [ "$PROTOCOL" = official ]; then
+    # lm-evaluation-harness names the output length max_gen_toks; its hf model takes no presence penalty
+    redux_settings="$OFFICIAL_TEXT_SAMPLING,max_gen_toks=32768"
+    if [ "$REDUX_BACKEND" = vllm ]; then redux_settings+=",presence_penalty=1.5"; fi
+    redux_gen=(--gen_kwargs "$redux_settings")
+  fi
+  run "$PYTHON" -m lm_eval --model "$REDUX_BACKEND" \
+      --model_args "pretrained=$text_model,dtype=$DTYPE,enable_thinking=False" --tasks "$REDUX_TASK" \
       --apply_chat_template --device "$DEVICE" --batch_size "$BATCH_SIZE" --output_path "$OUT/lm_eval" \
-      --log_samples "${limit[@]}"
+      --log_samples "${redux_gen[@]}" "${limit[@]}"
 fi
 
 run "$PYTHON" -m llava_dpa.cli report "$OUT"

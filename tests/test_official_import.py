@@ -1,0 +1,133 @@
+"""import-official against the official modeling code: the imported model's logits equal the logits the release's
+own ForwardVisualTokensArchForCausalLM computed (tests/fixtures/official_dpa, made by make_fixture.py on
+transformers 4.57.6 from the release at commit 1faf467) for a batch of two samples, the first with two images of
+different sizes; fp32, max |diff| <= 1e-4. Both layouts the release writes are read."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_dpa"
+
+
+def merged_source(tmp: Path) -> Path:
+    src = tmp / "official"
+    src.mkdir()
+    config = json.loads((FIXTURE / "checkpoint" / "config.json").read_text())
+    # The paths the fixture was built from, as a real checkpoint records them: Hub names, absent here.
+    config["perceiver_config"].update(vit_path="Qwen/Qwen2.5-VL-3B-Instruct", llm_path="Qwen/Qwen3-0.6B")
+    config["thinker_name_or_path"] = "Qwen/Qwen3-4B"
+    (src / "config.json").write_text(json.dumps(config))
+    with gzip.open(FIXTURE / "checkpoint" / "pytorch_model.bin.gz", "rb") as f, open(src / "pytorch_model.bin", "wb") as g:
+        shutil.copyfileobj(f, g)
+    return src
+
+
+def split_source(merged: Path, tmp: Path) -> Path:
+    """The layout seperate_model_mlp_func.py writes: perceiver/ (llava_baseline, model.vlm.*, lm_head), thinker/ (a
+    stock Qwen3ForCausalLM) and linear_align_dim.pth."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    state = torch.load(merged / "pytorch_model.bin", weights_only=True)
+    config = json.loads((merged / "config.json").read_text())
+    root = tmp / "split"
+    (root / "perceiver").mkdir(parents=True)
+    perceiver = {k[len("model.perceiver."):]: v for k, v in state.items() if k.startswith("model.perceiver.")}
+    torch.save(perceiver, root / "perceiver" / "pytorch_model.bin")
+    (root / "perceiver" / "config.json").write_text(json.dumps(config["perceiver_config"]))
+    thinker = Qwen3ForCausalLM(Qwen3Config.from_pretrained(FIXTURE / "configs" / "thinker"))
+    thinker.load_state_dict({k[len("model.thinker."):]: v for k, v in state.items() if k.startswith("model.thinker.")})
+    thinker.save_pretrained(root / "thinker")
+    torch.save({k[len("model.linear_align_dim."):]: v for k, v in state.items()
+                if k.startswith("model.linear_align_dim.")}, root / "linear_align_dim.pth")
+    return root
+
+
+def do_import(src: Path, out: Path, **extra) -> Path:
+    from llava_dpa.official.importer import import_official
+
+    args = dict(vit_config=str(FIXTURE / "configs" / "vit"), perceiver_lm_config=str(FIXTURE / "configs" / "llm"),
+                target_config=str(FIXTURE / "configs" / "thinker"), target_tokenizer=str(FIXTURE / "tokenizer"),
+                perceiver_tokenizer=str(FIXTURE / "tokenizer"), log=lambda *_: None)
+    args.update(extra)
+    return import_official(str(src), str(out), **args)
+
+
+def logits_match(checkpoint: Path):
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from llava_dpa.loading import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(checkpoint), None, None, device="cpu", dtype=torch.float32)
+    model.eval()
+    inputs = json.loads((FIXTURE / "inputs.json").read_text())
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    rows = expected["vocabulary_rows"]
+    ids = [s["target_input_ids"] for s in inputs["samples"]]
+    batch = torch.full((len(ids), max(map(len, ids))), tokenizer.pad_token_id)
+    mask = torch.zeros_like(batch, dtype=torch.bool)
+    for i, r in enumerate(ids):
+        batch[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+    images = [processor.preprocess(Image.open(FIXTURE / "images" / f).convert("RGB"))["pixel_values"][0]
+              for s in inputs["samples"] for f in s["images"]]
+    assert len({im.shape for im in images}) == 3  # three image sizes, two in one sample
+    with torch.no_grad():
+        out = model(input_ids=batch, attention_mask=mask, images=images, image_sizes=[im.shape[1:] for im in images])
+    for i, official_ids in enumerate(inputs["thinker_input_ids"]):
+        want = expected[f"logits_{i}"]
+        assert want.shape[0] == len(official_ids)  # N + 2 slots per image on both sides
+        got = out.logits[i, :len(official_ids)]
+        assert (got[:, rows] - want).abs().max().item() <= 1e-4
+        others = got.clone()
+        others[:, rows] = 0
+        assert others.abs().max().item() == 0.0  # the zero vocabulary rows of the fixture
+    return model
+
+
+def test_target_ids_are_what_this_project_builds():
+    from llava.conversation import conv_templates
+
+    from llava_dpa.data.preprocess import preprocess
+    from llava_dpa.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(FIXTURE / "tokenizer")
+    for sample in json.loads((FIXTURE / "inputs.json").read_text())["samples"]:
+        convo = [{"from": "human", "value": sample["question"]}, {"from": "gpt", "value": "A red square."}]
+        ids = preprocess([convo], tokenizer, conv_templates["qwen_3"], has_image=True)["input_ids"][0].tolist()
+        assert ids == sample["target_input_ids"]
+
+
+def test_merged_layout_equals_the_official_model(tmp_path):
+    out = do_import(merged_source(tmp_path), tmp_path / "dpa")
+    model = logits_match(out)
+    tower = model.get_vision_tower()
+    assert type(tower).__name__ == "QwenVLPerceiverTower" and model.config.mm_projector_type == "dpa_aligner"
+    assert tower.spec["rotary"]["theta"] == 10000.0  # the checkpoint's perceiver_config, not the LM's 1e6
+    for part in ("perceiver/config.json", "perceiver/model.safetensors", "thinker/config.json", "mm_projector.bin"):
+        assert (out / part).is_file()
+    assert not (tmp_path / "dpa.partial").exists()
+
+
+def test_split_layout_equals_the_official_model(tmp_path):
+    out = do_import(split_source(merged_source(tmp_path), tmp_path), tmp_path / "dpa", target_config=None)
+    logits_match(out)
+
+
+def test_other_layouts_are_refused_and_nothing_is_written(tmp_path):
+    from llava_dpa.official.importer import OfficialImportError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    with pytest.raises(OfficialImportError, match="not an official DPA checkpoint.*forward_visual_tokens_llava_arch"):
+        do_import(bad, tmp_path / "out")
+    src = merged_source(tmp_path)
+    with pytest.raises(OfficialImportError, match="--vit-config"):
+        do_import(src, tmp_path / "out", vit_config=None)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
