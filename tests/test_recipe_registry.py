@@ -15,7 +15,8 @@ from llava_dpa.recipes.settings import Settings, SettingsError, load_settings
 pytestmark = pytest.mark.fast
 
 SETTINGS = Settings(paths={k: f"/c/{k}" for k in ("vit", "qwen3_0_6b", "qwen3_4b", "qwen3_32b", "llama3_2_3b",
-                                                  "stage1_data", "stage1_images", "stage2_data", "stage2_images")}
+                                                  "stage1_data", "stage1_images", "stage2_data", "stage2_images",
+                                                  "official_perceiver")}
                     | {"checkpoints": "/c/ckpt"})
 
 
@@ -89,7 +90,8 @@ def test_no_two_entries_resolve_to_the_same_training():
         key = (cmd.stage, without_output(cmd.argv))
         assert key not in seen, f"{name} stage {cmd.stage} is the same training as {seen[key]}"
         seen[key] = name
-    assert len(seen) == 33  # 22 entries: 6 shared stage 1s and 2 built perceivers train nothing of their own
+    assert len(seen) == 37  # 24 entries (22 LLaVA-NeXT-form, 2 official-pipeline): 6 shared stage 1s and 2 built
+    # perceivers train nothing of their own
 
 
 def test_a_shared_stage1_is_exactly_the_owners_training():

@@ -93,7 +93,7 @@ class Recipe:
     image_grid_pinpoints: tuple[tuple[int, int], ...] = sourced(
         ((448, 896), (896, 448), (896, 896), (448, 1344), (1344, 448)), "LLaVA-NeXT grids in 448-pixel tiles")
     patch_merge: str = sourced("spatial_unpad", "LLaVA-NeXT")
-    max_pixels: Optional[int] = None      # native resolution only (--image_aspect_ratio native)
+    max_pixels: Optional[int] = sourced(None, "native resolution only (--image_aspect_ratio native); None: tiles")
     weight_decay: float = sourced(0.01, "Table 6")
     adam_beta2: float = sourced(0.98, "official PT_DPA_4node.sh / SFT_DPA_4node.sh (--adam_beta2 0.98)")
 
