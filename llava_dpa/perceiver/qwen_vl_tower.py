@@ -270,14 +270,6 @@ class QwenVLPerceiverTower(VisionTower):
         return self.perceiver.visual
 
     @property
-    def dtype(self):
-        return next(self.perceiver.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.perceiver.parameters()).device
-
-    @property
     def config(self):
         return self.perceiver.vision_config
 
@@ -292,8 +284,4 @@ class QwenVLPerceiverTower(VisionTower):
     @property
     def num_patches_per_side(self) -> int:
         return self.image_size // self.image_processor.factor
-
-    @property
-    def dummy_feature(self):
-        return torch.zeros(1, self.hidden_size, device=self.device, dtype=self.dtype)
 

@@ -74,7 +74,7 @@ def tiny_qwen2_5_vl_vision(folder: Path, seed: int = 0, out_hidden_size: int = W
     (folder / "preprocessor_config.json").write_text(json.dumps({"tile_size": TILE}))
 
 
-QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 NATIVE_PIXELS = {"min_pixels": 256, "max_pixels": 4096}  # 16x16 to 64x64: 4 to 64 visual tokens per image
 
 
@@ -130,7 +130,7 @@ def tiny_qwen2_5_vl(tokenizer, folder: Path, seed: int = 0):
     torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(vision_config=_tiny_vision_config(WIDTH), text_config=text,
                               image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                              vision_end_token_id=ids["<|vision_end|>"], video_token_id=ids["<|image_pad|>"])
+                              vision_end_token_id=ids["<|vision_end|>"], video_token_id=ids["<|video_pad|>"])
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(NATIVE_PIXELS))
     tokenizer.save_pretrained(folder)
