@@ -76,6 +76,7 @@ class LanguageModelView:
     conv_mode: str
     image_processor: object
     name: str
+    kind: str = "llava"   # "qwen_vl": model is a Qwen-VL perceiver tower, read in its own template
 
 
 def open_view(checkpoint: str, component: str = "target", model_base: str | None = None, device: str = "cpu",
@@ -101,6 +102,9 @@ def open_view(checkpoint: str, component: str = "target", model_base: str | None
             tower.attach_tokenizers(tokenizer, perceiver_tokenizer_needed=True, perceiver_tokenizer_dir=str(folder))
         except ValueError as exc:
             raise ValueError(f"{checkpoint}: {exc}; copy the perceiver's tokenizer files into {folder}") from None
+        if tower.per_image_features:  # the Qwen-VL perceiver: its own ChatML template, no LLaVA inner model
+            return LanguageModelView(tower, tower.perceiver_tokenizer, "qwen_vl", tower.image_processor,
+                                     f"{name}:perceiver", kind="qwen_vl")
         inner = tower.perceiver
         mode = resolve_conv_mode(inner.config, conv_mode, conv_templates.keys())
         return LanguageModelView(inner, tower.perceiver_tokenizer, mode, tower.image_processor, f"{name}:perceiver")
@@ -121,6 +125,8 @@ def layer_states(view: LanguageModelView, probe: Probe):
     from llava_dpa.data.tokenization import IGNORE_INDEX
     from llava_dpa.llava_integration.inference import to_model
 
+    if view.kind == "qwen_vl":
+        return qwen_vl_layer_states(view, probe)
     model = view.model
     conv = conv_templates[view.conv_mode].copy()
     conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{probe.text}".rstrip())
@@ -145,6 +151,19 @@ def layer_states(view: LanguageModelView, probe: Probe):
     text = torch.zeros_like(visual)
     text[~visual] = keep_text
     return [h[0].detach().cpu() for h in out.hidden_states[1:]], visual, text
+
+
+def qwen_vl_layer_states(view: LanguageModelView, probe: Probe):
+    """layer_states for the Qwen-VL perceiver: its user turn `<image>\n{text}` in its own template."""
+    from PIL import Image
+
+    tower, tokenizer = view.model, view.tokenizer
+    image = view.image_processor.preprocess(Image.open(probe.image).convert("RGB"))["pixel_values"][0]
+    suffix = tokenizer(f"\n{probe.text}".rstrip() + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    states, visual, ids = tower.layer_states(image.to(device=tower.device, dtype=tower.dtype), suffix)
+    special = set(tokenizer.all_special_ids) | {tower.spec["vision_start_token_id"], tower.spec["vision_end_token_id"]}
+    text = torch.tensor([i > 0 and not visual[i] and t not in special for i, t in enumerate(ids)])
+    return states, visual, text
 
 
 class TokenSample:

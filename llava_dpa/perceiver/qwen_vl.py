@@ -120,10 +120,12 @@ class QwenVLPerceiver(nn.Module):
 
         return merged_tokens(self.visual(patches, grid_thw=grids))
 
-    def forward(self, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
+    def forward(self, inputs_embeds, attention_mask, position_ids, all_layers: bool = False):
+        """The final-norm hidden states, or (all_layers) the embeddings and every layer's output, the last one
+        after the final norm, as transformers returns them."""
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False)
-        return out.last_hidden_state
+                                  position_ids=position_ids, use_cache=False, output_hidden_states=all_layers)
+        return out.hidden_states if all_layers else out.last_hidden_state
 
 
 # ---- the perceiver's own weights from the checkpoints it may come from ---------------------------------

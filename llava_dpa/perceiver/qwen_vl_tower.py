@@ -219,6 +219,20 @@ class QwenVLPerceiverTower(VisionTower):
         return out
 
     def encode(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
+        inputs, spans = self.perceiver_inputs(images, contexts)
+        hidden = self.perceiver(*inputs)
+        features = []
+        for r, sample_spans in enumerate(spans):
+            for first, last in sample_spans:  # [vision_start, vision_end] inclusive
+                span = hidden[r, first:last + 1]
+                features.append(span[1:-1] if self.visual_positions_only else span)
+        return features
+
+    def perceiver_inputs(self, images: list[torch.Tensor], contexts: list[list[list[int]]],
+                         suffixes: list[list[int]] | None = None):
+        """(inputs_embeds, attention_mask, 3-D positions) of one sequence per sample: the prefix, then per image
+        its context, <|vision_start|>, its merged ViT tokens, <|vision_end|>; then the sample's suffix (text
+        after the images, which the analysis tools read). Also each image's (start, end) positions."""
         if self.prefix_ids is None:
             raise QwenVLPerceiverError("the perceiver's prompt prefix is unknown: attach its tokenizer first")
         cfg = self.perceiver.vision_config
@@ -232,7 +246,7 @@ class QwenVLPerceiverTower(VisionTower):
         start_id, pad_id, end_id = (self.spec["vision_start_token_id"], self.spec["image_token_id"],
                                     self.spec["vision_end_token_id"])
         rows, spans, row_grids, image = [], [], [], 0
-        for sample in contexts:
+        for r, sample in enumerate(contexts):
             ids, sample_spans = list(self.prefix_ids), []
             for context in sample:
                 ids += list(context) + [start_id]
@@ -241,7 +255,7 @@ class QwenVLPerceiverTower(VisionTower):
                 ids += [pad_id] * counts[image] + [end_id]
                 row_grids.append(grids[image])
                 image += 1
-            rows.append(ids)
+            rows.append(ids + (list(suffixes[r]) if suffixes else []))
             spans.append(sample_spans)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=self.device)
@@ -253,13 +267,20 @@ class QwenVLPerceiverTower(VisionTower):
         slots = (ids == pad_id) & mask.bool()
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), torch.cat(per_image).to(embeds.dtype))
         positions = image_positions(ids, mask, row_grids, pad_id, m)
-        hidden = self.perceiver(embeds, mask, positions)
-        features = []
-        for r, sample_spans in enumerate(spans):
-            for first, last in sample_spans:  # [vision_start, vision_end] inclusive
-                span = hidden[r, first:last + 1]
-                features.append(span[1:-1] if self.visual_positions_only else span)
-        return features
+        return (embeds, mask, positions), spans
+
+    @torch.no_grad()
+    def layer_states(self, image: torch.Tensor, text_ids: list[int]):
+        """The analysis tools' view of the perceiver in its own text space: one image, then `text_ids`. Returns
+        (hidden states of layers 1..L, each [T, d]; the visual-position mask; the token ids)."""
+        (embeds, mask, positions), spans = self.perceiver_inputs([image], [[[]]], [text_ids])
+        states = self.perceiver(embeds, mask, positions, all_layers=True)
+        visual = torch.zeros(embeds.shape[1], dtype=torch.bool)
+        first, last = spans[0][0]
+        visual[first + 1:last] = True
+        ids = list(self.prefix_ids) + [self.spec["vision_start_token_id"]] + [self.spec["image_token_id"]] * \
+            (last - first - 1) + [self.spec["vision_end_token_id"]] + list(text_ids)
+        return [h[0].detach().cpu() for h in states[1:]], visual, ids
 
     def tokens_for(self, width: int, height: int) -> int:
         return self.image_processor.tokens_for(width, height) + (0 if self.visual_positions_only else 2)

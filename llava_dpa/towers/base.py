@@ -37,6 +37,8 @@ class VisionTower(nn.Module, ABC):
     encoder_name: str = "vision_tower"
     #: a DPA perceiver (a whole VLM) rather than a ViT
     is_perceiver: bool = False
+    #: reads whole images at native resolution: one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
+    per_image_features: bool = False
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()
