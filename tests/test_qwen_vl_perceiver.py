@@ -160,3 +160,25 @@ def test_official_projectors(zoo):
             full = tower_for(zoo["qwen2_5_vl_vit"], zoo, image_aspect_ratio="native")
             want = full(full.image_processor(images((16, 24)))["pixel_values"])[0]
             assert (projector(feats[0]) - want).abs().max() < 1e-5
+
+
+@pytest.mark.fast
+def test_make_perceiver_native_rebuilds_the_merger_at_the_lm_width(zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    from llava_dpa.perceiver.compose import make_qwen_vl_perceiver
+    from llava_dpa.zoo.models import tiny_qwen2_5_vl_vision
+
+    for width, pretrained in ((64, True), (32, False)):  # the LM is 64 wide
+        vit = tmp_path / f"vit{width}"
+        tiny_qwen2_5_vl_vision(vit, out_hidden_size=width)
+        out = make_qwen_vl_perceiver(str(vit), zoo["qwen3_lm"], str(tmp_path / f"p{width}"), mrope_section=[2, 3, 3])
+        made, original = load_file(out / "model.safetensors"), load_file(vit / "model.safetensors")
+        assert torch.equal(made["visual.merger.ln_q.weight"], original["merger.ln_q.weight"])
+        assert torch.equal(made["visual.blocks.0.attn.qkv.weight"], original["blocks.0.attn.qkv.weight"])
+        same = made["visual.merger.mlp.2.weight"].shape == original["merger.mlp.2.weight"].shape and \
+            torch.equal(made["visual.merger.mlp.2.weight"], original["merger.mlp.2.weight"])
+        assert same is pretrained and made["visual.merger.mlp.2.weight"].shape[0] == 64
+        tower = tower_for("dpa:" + str(out), zoo)
+        features = tower(tower.image_processor(images((16, 24)))["pixel_values"], contexts=[[[]]])
+        assert features[0].shape == (tower.tokens_for(24, 16), 64)

@@ -8,6 +8,7 @@ initialised projector. `--random-lm-init` re-initialises the LM blocks with the 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,6 +37,10 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
                                  pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type=projector)
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(model_args)
+    if not projector_weights:
+        from llava_dpa.projectors.official import adopt_pretrained_merger
+
+        print(adopt_pretrained_merger(model))
     if projector_weights:
         from llava_dpa.training.saving import load_projector_state
 
@@ -91,6 +96,79 @@ def reinitialise_language_model(model, seed: int) -> None:
     model.tie_weights()
 
 
+def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: int = 0,
+                           rope_theta: float | None = None, mrope_section: list[int] | None = None) -> Path:
+    """An untrained Qwen-VL-native perceiver, built as the official release builds its perceiver (LB 548-570): a
+    Qwen2.5-VL ViT whose merger MLP is rebuilt at the LM's width (random when that width differs from the
+    pretrained merger's, pretrained otherwise) and a Qwen3 LM with sectioned M-RoPE."""
+    from safetensors.torch import save_file
+
+    from llava_dpa.loading import load_tokenizer
+    from llava_dpa.official.importer import OFFICIAL_PIXELS
+    from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
+    from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS
+    from llava_dpa.towers import weights as W
+
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new --output")
+    vit_config, lm_config = W.read_config_dict(vision), W.read_config_dict(language_model)
+    if lm_config.get("model_type") != "qwen3":
+        raise ValueError(f"--language-model {language_model}: the Qwen-VL perceiver's LM is a Qwen3 (got "
+                         f"{lm_config.get('model_type')!r})")
+    vision_config = dict(vit_config.get("vision_config", vit_config))
+    vision_config.pop("model_type", None)
+    pretrained_width = vision_config.get("out_hidden_size")
+    vision_config["out_hidden_size"] = lm_config["hidden_size"]
+    head_dim = lm_config.get("head_dim") or lm_config["hidden_size"] // lm_config["num_attention_heads"]
+    text = vit_config.get("text_config") or vit_config
+    rope = text.get("rope_scaling") or text.get("rope_parameters") or {}
+    section = mrope_section or rope.get("mrope_section")
+    if not section:
+        raise ValueError(f"{vision} has no mrope_section (a vision-only config); pass --mrope-section, e.g. 16 24 24 "
+                         f"for a head_dim of 128")
+    tokenizer = load_tokenizer(language_model)
+    missing = [t for t in DELIMITERS if t not in tokenizer.get_vocab()]
+    if missing:  # Qwen3's tokenizer has them; a smaller LM's gets them, with embedding rows at the mean embedding
+        tokenizer.add_tokens(missing, special_tokens=True)
+        print(f"added {missing} to the LM's tokenizer (its embeddings grow to {len(tokenizer)} rows)")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in DELIMITERS}
+    lm_config = {**lm_config, "vocab_size": max(lm_config["vocab_size"], len(tokenizer))}
+    theta = float(rope_theta if rope_theta is not None else
+                  lm_config.get("rope_theta") or (lm_config.get("rope_parameters") or {}).get("rope_theta"))
+    spec = {"model_type": SPEC_TYPE, "source_format": "make-perceiver --native", "text_model": "qwen3_mrope",
+            "vision_config": vision_config, "text_config": {k: v for k, v in lm_config.items() if k != "architectures"},
+            "mrope_section": list(section), "rotary": {"head_dim": head_dim, "theta": theta},
+            "image_token_id": ids["<|image_pad|>"], "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"],
+            "origin": {"vision": vision, "language_model": language_model, "seed": seed}}
+    torch.manual_seed(seed)
+    model = QwenVLPerceiver(spec)
+    vit_state = W.load_state_dict(vision)
+    for prefix in ("model.visual.", "visual.", ""):
+        sub = {k[len(prefix):]: v for k, v in vit_state.items() if k.startswith(prefix) and "merger.ln_q" in k[len(prefix):]}
+        if sub:
+            break
+    visual = {k[len(prefix):]: v for k, v in vit_state.items() if k.startswith(prefix)}
+    keep_mlp = pretrained_width == lm_config["hidden_size"]
+    visual = {k: v for k, v in visual.items() if k in model.visual.state_dict() and (keep_mlp or "merger.mlp." not in k)}
+    model.visual.load_state_dict(visual, strict=False)
+    lm_state = {k[len("model."):]: v for k, v in W.load_state_dict(language_model).items() if k.startswith("model.")}
+    embed = lm_state["embed_tokens.weight"]
+    if embed.shape[0] < lm_config["vocab_size"]:
+        extra = embed.mean(0, keepdim=True).expand(lm_config["vocab_size"] - embed.shape[0], -1)
+        lm_state["embed_tokens.weight"] = torch.cat([embed, extra])
+    model.language_model.load_state_dict(lm_state)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(spec, indent=1))
+    (out / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXELS))
+    tokenizer.save_pretrained(out)
+    print(f"merger MLP: {'pretrained' if keep_mlp else 'randomly initialised'} (ViT merger width {pretrained_width}, "
+          f"LM width {lm_config['hidden_size']}); rotary theta {theta:g}, mrope_section {list(section)}")
+    return out
+
+
 def register(sub) -> None:
     p = sub.add_parser("make-perceiver", help="compose an untrained perceiver VLM from a ViT and an LM")
     p.add_argument("--vision", required=True, help="ViT folder (CLIP, SigLIP, SigLIP2, Qwen2.5-VL vision)")
@@ -102,8 +180,19 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--random-lm-init", action="store_true", help="re-initialise the LM blocks (ablation)")
     p.add_argument("--projector-weights", default=None, help="a stage-1 mm_projector.bin to load into the projector")
-    p.set_defaults(func=lambda a: print(make_perceiver(a.vision, a.language_model, a.output, a.projector, a.version,
-                                                       a.select_layer, a.seed, a.random_lm_init, a.projector_weights)))
+    p.add_argument("--native", action="store_true",
+                   help="a Qwen-VL-native perceiver (the official release's: merger MLP at the LM width, M-RoPE LM); "
+                        "use it as --vision_tower dpa:OUTPUT")
+    p.add_argument("--rope-theta", type=float, default=None, help="--native: the perceiver LM's rotary base (default: its own)")
+    p.add_argument("--mrope-section", type=int, nargs=3, default=None, help="--native: for a vision-only ViT config")
+
+    def compose(a):
+        if a.native:
+            return print(make_qwen_vl_perceiver(a.vision, a.language_model, a.output, a.seed, a.rope_theta, a.mrope_section))
+        print(make_perceiver(a.vision, a.language_model, a.output, a.projector, a.version, a.select_layer, a.seed,
+                             a.random_lm_init, a.projector_weights))
+
+    p.set_defaults(func=compose)
 
     p = sub.add_parser("reinit-perceiver-lm", help="a trained perceiver with its LM blocks re-initialised (ablation)")
     p.add_argument("perceiver", help="a trained perceiver VLM folder")
