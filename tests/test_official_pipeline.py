@@ -61,6 +61,9 @@ def test_official_pipeline_trains_reloads_and_chats(official, entry, tower, proj
     assert table_row(second, "language_model")[-1] == "1e-05" and table_row(second, "projector")[-1] == "1e-05"
     if entry == DPA:
         assert table_row(second, "perceiver_lm")[-1] == "1e-05"
+        assert "vision tower: DPA perceiver, Qwen-VL native" in second.stdout  # which perceiver the user got
+    else:
+        assert "vision tower: ViT tower" in second.stdout
     out = root / entry
     config = json.loads((out / "config.json").read_text())
     assert config["mm_projector_type"] == projector and config["image_aspect_ratio"] == "native"

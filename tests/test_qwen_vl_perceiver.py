@@ -106,6 +106,33 @@ def test_stock_qwen2_5_vl_features_equal_its_own_model(zoo):
 
 
 @pytest.mark.fast
+def test_stock_qwen3_vl_features_equal_its_own_model(zoo):
+    """Qwen3-VL: interleaved M-RoPE and the ViT's deepstack features added to the LM's first layers."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from llava_dpa.data.native_resolution import patchify
+    from llava_dpa.perceiver.mrope import image_positions
+
+    tower = tower_for("dpa:" + zoo["qwen3_vl"], zoo)
+    assert tower.spec["text_model"] == "qwen3_vl_text" and tower.image_processor.image_mean == [0.5] * 3
+    pixels = tower.image_processor(images((24, 40), (40, 16)))["pixel_values"]
+    features = tower(pixels, contexts=[[[], []]])
+    spec = tower.spec
+    counts = [f.shape[0] - 2 for f in features]
+    ids = torch.tensor([tower.prefix_ids + sum(([spec["vision_start_token_id"]] + [spec["image_token_id"]] * n +
+                                                [spec["vision_end_token_id"]] for n in counts), [])])
+    grids = [(1, x.shape[1] // 4, x.shape[2] // 4) for x in pixels]
+    # the whole model, then its inner one: 4.57's Qwen3VLModel.from_pretrained misses the saved `model.` prefix
+    reference = Qwen3VLForConditionalGeneration.from_pretrained(zoo["qwen3_vl"], attn_implementation="sdpa").model.eval()
+    with torch.no_grad():
+        out = reference(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=torch.tensor(grids),
+                        pixel_values=torch.cat([patchify(x, 4, 2, 2) for x in pixels]),
+                        position_ids=image_positions(ids, None, grids, spec["image_token_id"], 2))
+    hidden = out.last_hidden_state[0, len(tower.prefix_ids):]
+    assert (hidden - torch.cat(features)).abs().max() < 1e-5
+
+
+@pytest.mark.fast
 def test_selection_and_bad_input(zoo, tmp_path):
     from llava_dpa.perceiver.qwen_vl import QwenVLPerceiverError
     from llava_dpa.towers.registry import tower_class_for

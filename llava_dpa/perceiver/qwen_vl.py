@@ -1,12 +1,14 @@
 """The Qwen-VL-native perceiver model: the official DPA release's perceiver, built from config.
 
-A Qwen2.5-VL ViT whose patch merger projects into the perceiver LM's width, and a language model that
-reads the image at native resolution with 3-D M-RoPE positions. Two language models are accepted:
-- `qwen2_5_vl_text`: a stock Hugging Face Qwen2.5-VL checkpoint's own LM;
-- `qwen3_mrope`: the official perceiver, a Qwen3 LM with Qwen2.5-VL's sectioned M-RoPE
+A Qwen-VL ViT whose patch merger projects into the perceiver LM's width, and a language model that
+reads the image at native resolution with 3-D M-RoPE positions. Three kinds are accepted:
+- `qwen2_5_vl_text`: a stock Hugging Face Qwen2.5-VL checkpoint (its ViT and its own LM);
+- `qwen3_mrope`: the official perceiver, a Qwen2.5-VL ViT and a Qwen3 LM with Qwen2.5-VL's sectioned M-RoPE
   (modeling_llava_baseline.py 550-557). Its rotary frequencies come from the recorded `rotary`
   settings: the official checkpoint builds them from its `perceiver_config` (a Qwen2Config), not from the
-  Qwen3 LM's own config, so rope_theta may well be Qwen2Config's default 10000.
+  Qwen3 LM's own config, so rope_theta may well be Qwen2Config's default 10000;
+- `qwen3_vl_text`: a stock Qwen3-VL checkpoint (its ViT, whose deepstack features are added to the LM's first
+  layers at the visual positions, and its LM with interleaved M-RoPE), where transformers has Qwen3-VL.
 
 Everything the model needs is one normalised `spec` dict (recorded in the target's config), so a trained
 DPA checkpoint rebuilds its perceiver with the perceiver folder gone.
@@ -19,7 +21,7 @@ import torch.nn as nn
 from llava_dpa.perceiver.mrope import SectionedRotary
 
 SPEC_TYPE = "llava_dpa_qwen_vl_perceiver"
-TEXT_MODELS = ("qwen2_5_vl_text", "qwen3_mrope")
+TEXT_MODELS = ("qwen2_5_vl_text", "qwen3_mrope", "qwen3_vl_text")
 
 
 class QwenVLPerceiverError(ValueError):
@@ -46,17 +48,44 @@ def spec_from_config(config: dict, source: str) -> dict:
                 "image_token_id": config.get("image_token_id", 151655),
                 "vision_start_token_id": config.get("vision_start_token_id", 151652),
                 "vision_end_token_id": config.get("vision_end_token_id", 151653)}
-    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
-        raise QwenVLPerceiverError(
-            f"{source} is a Qwen3-VL checkpoint; this project's Qwen-VL perceiver reads Qwen2.5-VL's architecture "
-            f"(and the official DPA perceiver built on it). Qwen3-VL (deepstack features, interleaved M-RoPE) is not "
-            f"supported yet.")
+    if model_type == "qwen3_vl":
+        try:
+            import transformers.models.qwen3_vl  # noqa: F401
+        except ImportError:
+            raise QwenVLPerceiverError(f"{source} is a Qwen3-VL checkpoint, which this transformers does not have "
+                                       f"(it arrived in 4.57)") from None
+        text = dict(config["text_config"])
+        text.pop("model_type", None)
+        return {"model_type": SPEC_TYPE, "source_format": "qwen3_vl", "text_model": "qwen3_vl_text",
+                "vision_config": {k: v for k, v in config["vision_config"].items() if k != "model_type"},
+                "text_config": text, "mrope_section": list(_rope_of(text)["mrope_section"]),
+                "image_token_id": config.get("image_token_id", 151655),
+                "vision_start_token_id": config.get("vision_start_token_id", 151652),
+                "vision_end_token_id": config.get("vision_end_token_id", 151653)}
+    if model_type == "qwen3_vl_moe":
+        raise QwenVLPerceiverError(f"{source} is a Qwen3-VL MoE checkpoint; the Qwen-VL perceiver reads dense "
+                                   f"Qwen2.5-VL and Qwen3-VL models")
     if model_type in ("llava_baseline", "forward_visual_tokens_llava_arch"):
         raise QwenVLPerceiverError(
             f"{source} is in the official DPA release's layout ({model_type}); convert it first: "
             f"llava-dpa import-official {source} --output DIR")
     raise QwenVLPerceiverError(f"{source}: model_type {model_type!r} is not a Qwen-VL perceiver (a Qwen2.5-VL checkpoint, "
                                f"or one written by llava-dpa import-official / make-perceiver --native)")
+
+
+def mrope_text_config(text: dict, section: list[int], interleaved: bool = False) -> dict:
+    """The M-RoPE settings where this transformers line reads them: 4.57 in `rope_scaling` (with `rope_theta`
+    beside it), 5.x in `rope_parameters`; a config saved by either line works on both."""
+    import transformers
+
+    rope = _rope_of(text)
+    theta = text.get("rope_theta") or rope.get("rope_theta") or 1_000_000.0
+    text = {k: v for k, v in text.items() if k not in ("rope_scaling", "rope_parameters", "rope_theta")}
+    settings = {"mrope_section": list(section), **({"mrope_interleaved": True} if interleaved else {})}
+    if transformers.__version__.startswith("4."):
+        return {**text, "rope_theta": theta, "rope_scaling": {"type": "mrope" if not interleaved else "default",
+                                                              "rope_type": "default", **settings}}
+    return {**text, "rope_parameters": {"rope_type": "default", "rope_theta": theta, **settings}}
 
 
 def _text_model(spec: dict, attn_implementation: str) -> nn.Module:
@@ -66,11 +95,16 @@ def _text_model(spec: dict, attn_implementation: str) -> nn.Module:
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
 
-        from llava_dpa.language_models.base import rope_settings_for_this_line
-
-        config = Qwen2_5_VLTextConfig(**rope_settings_for_this_line(text))
+        config = Qwen2_5_VLTextConfig(**mrope_text_config(text, spec["mrope_section"]))
         config._attn_implementation = attn_implementation
         return Qwen2_5_VLTextModel._from_config(config)
+    if kind == "qwen3_vl_text":
+        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
+
+        config = Qwen3VLTextConfig(**mrope_text_config(text, spec["mrope_section"], interleaved=True))
+        config._attn_implementation = attn_implementation
+        return Qwen3VLTextModel._from_config(config)
     if kind == "qwen3_mrope":
         from transformers import Qwen3Config
         from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
@@ -90,13 +124,21 @@ def _text_model(spec: dict, attn_implementation: str) -> nn.Module:
 class QwenVLPerceiver(nn.Module):
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__()
-        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-
         self.spec = spec
-        vision = Qwen2_5_VLVisionConfig(**spec["vision_config"])
+        self.deepstack = spec["text_model"] == "qwen3_vl_text"
+        if self.deepstack:
+            from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+            from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel as vision_cls
+
+            vision = Qwen3VLVisionConfig(**spec["vision_config"])
+        else:
+            from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import \
+                Qwen2_5_VisionTransformerPretrainedModel as vision_cls
+
+            vision = Qwen2_5_VLVisionConfig(**spec["vision_config"])
         vision._attn_implementation = attn_implementation
-        self.visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(vision)
+        self.visual = vision_cls._from_config(vision)
         self.language_model = _text_model(spec, attn_implementation)
         width = self.language_model.config.hidden_size
         if vision.out_hidden_size != width:
@@ -114,17 +156,25 @@ class QwenVLPerceiver(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.embed_tokens(ids)
 
-    def visual_tokens(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
-        """Flattened patches of all images -> their merged tokens, in the LM's width."""
+    def visual_tokens(self, patches: torch.Tensor, grids: torch.Tensor):
+        """Flattened patches of all images -> (their merged tokens in the LM's width, Qwen3-VL's deepstack
+        features of the same tokens or None)."""
         from llava_dpa.towers.qwen2_5_vl import merged_tokens
 
-        return merged_tokens(self.visual(patches, grid_thw=grids))
+        out = self.visual(patches, grid_thw=grids)
+        if not self.deepstack:
+            return merged_tokens(out), None
+        if isinstance(out, tuple):  # transformers 4.57: (merged, deepstack list)
+            return out[0], list(out[1])
+        return out.pooler_output, list(out.deepstack_features)
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, all_layers: bool = False):
+    def forward(self, inputs_embeds, attention_mask, position_ids, all_layers: bool = False, **deepstack):
         """The final-norm hidden states, or (all_layers) the embeddings and every layer's output, the last one
-        after the final norm, as transformers returns them."""
+        after the final norm, as transformers returns them. `deepstack`: Qwen3-VL's visual_pos_masks and
+        deepstack_visual_embeds."""
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False, output_hidden_states=all_layers)
+                                  position_ids=position_ids, use_cache=False, output_hidden_states=all_layers,
+                                  **deepstack)
         return out.hidden_states if all_layers else out.last_hidden_state
 
 

@@ -50,6 +50,7 @@ class QwenVLPerceiverTower(VisionTower):
     encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.{visual,language_model}.*
     is_perceiver = True
     per_image_features = True   # one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
+    label = "DPA perceiver, Qwen-VL native (whole images at native resolution, M-RoPE; the official release's form)"
 
     @property
     def source_path(self) -> str:
@@ -220,7 +221,7 @@ class QwenVLPerceiverTower(VisionTower):
 
     def encode(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
         inputs, spans = self.perceiver_inputs(images, contexts)
-        hidden = self.perceiver(*inputs)
+        hidden = self.perceiver(*inputs[:3], **inputs[3])
         features = []
         for r, sample_spans in enumerate(spans):
             for first, last in sample_spans:  # [vision_start, vision_end] inclusive
@@ -230,7 +231,7 @@ class QwenVLPerceiverTower(VisionTower):
 
     def perceiver_inputs(self, images: list[torch.Tensor], contexts: list[list[list[int]]],
                          suffixes: list[list[int]] | None = None):
-        """(inputs_embeds, attention_mask, 3-D positions) of one sequence per sample: the prefix, then per image
+        """(inputs_embeds, attention_mask, 3-D positions, Qwen3-VL's deepstack inputs) of one sequence per sample: the prefix, then per image
         its context, <|vision_start|>, its merged ViT tokens, <|vision_end|>; then the sample's suffix (text
         after the images, which the analysis tools read). Also each image's (start, end) positions."""
         if self.prefix_ids is None:
@@ -239,9 +240,8 @@ class QwenVLPerceiverTower(VisionTower):
         p, m, t = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
         grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
         patches = torch.cat([patchify(x, p, m, t) for x in images])
-        visual = self.perceiver.visual_tokens(patches, torch.tensor(grids, device=self.device))
+        visual, deepstack = self.perceiver.visual_tokens(patches, torch.tensor(grids, device=self.device))
         counts = [h * w // (m * m) for _, h, w in grids]
-        per_image = list(torch.split(visual, counts))
 
         start_id, pad_id, end_id = (self.spec["vision_start_token_id"], self.spec["image_token_id"],
                                     self.spec["vision_end_token_id"])
@@ -265,16 +265,17 @@ class QwenVLPerceiverTower(VisionTower):
             mask[r, :len(row)] = 1
         embeds = self.perceiver.embed_tokens(ids)
         slots = (ids == pad_id) & mask.bool()
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), torch.cat(per_image).to(embeds.dtype))
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
         positions = image_positions(ids, mask, row_grids, pad_id, m)
-        return (embeds, mask, positions), spans
+        extras = {"visual_pos_masks": slots, "deepstack_visual_embeds": deepstack} if deepstack is not None else {}
+        return (embeds, mask, positions, extras), spans
 
     @torch.no_grad()
     def layer_states(self, image: torch.Tensor, text_ids: list[int]):
         """The analysis tools' view of the perceiver in its own text space: one image, then `text_ids`. Returns
         (hidden states of layers 1..L, each [T, d]; the visual-position mask; the token ids)."""
-        (embeds, mask, positions), spans = self.perceiver_inputs([image], [[[]]], [text_ids])
-        states = self.perceiver(embeds, mask, positions, all_layers=True)
+        (embeds, mask, positions, extras), spans = self.perceiver_inputs([image], [[[]]], [text_ids])
+        states = self.perceiver(embeds, mask, positions, all_layers=True, **extras)
         visual = torch.zeros(embeds.shape[1], dtype=torch.bool)
         first, last = spans[0][0]
         visual[first + 1:last] = True

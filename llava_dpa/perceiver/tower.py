@@ -34,6 +34,7 @@ class PerceiverTower(VisionTower):
     model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
     encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.*
     is_perceiver = True
+    label = "DPA perceiver, LLaVA-format VLM (tiles; the paper's LLaVA-NeXT form)"
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__(vision_tower, args, delay_load=delay_load)

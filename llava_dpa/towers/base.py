@@ -39,6 +39,8 @@ class VisionTower(nn.Module, ABC):
     is_perceiver: bool = False
     #: reads whole images at native resolution: one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
     per_image_features: bool = False
+    #: what the user got, in the words the start-of-training banner and the docs use
+    label: str = "ViT tower"
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()

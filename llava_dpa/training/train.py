@@ -113,6 +113,8 @@ def train(attn_implementation=None, argv=None):
         model = apply_lora(model, run)
     rows = apply_trainability(model, run)
     if run.training.should_save:
+        if tower is not None:
+            print(f"vision tower: {tower.label} <- {run.model.vision_tower}", flush=True)
         print(trainability_table(rows, run.stage), flush=True)
     if run.training.bits in (4, 8):
         cast_for_kbit(model, run)

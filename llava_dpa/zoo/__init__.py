@@ -9,7 +9,7 @@ from llava_dpa.zoo import models
 from llava_dpa.zoo.data import corpus_lines, write_dataset
 from llava_dpa.zoo.tokenizers import llama3_style_tokenizer, qwen3_style_tokenizer
 
-ZOO_VERSION = 3
+ZOO_VERSION = 4
 
 
 def build_zoo(output: str | Path, seed: int = 0) -> dict[str, str]:
@@ -24,7 +24,7 @@ def build_zoo(output: str | Path, seed: int = 0) -> dict[str, str]:
     corpus = corpus_lines()
     paths = {name: str(root / name) for name in
              ("qwen3_lm", "qwen3_lm_b", "llama_lm", "clip", "siglip", "qwen2_5_vl_vit",
-                                                     "native_perceiver", "qwen2_5_vl")}
+                                                     "native_perceiver", "qwen2_5_vl", "qwen3_vl")}
     models.tiny_qwen3(qwen3_style_tokenizer(corpus), Path(paths["qwen3_lm"]), seed=seed)
     # A second Qwen3 LM with other weights (a stand-in for the perceiver LM next to the target LM).
     models.tiny_qwen3(qwen3_style_tokenizer(corpus), Path(paths["qwen3_lm_b"]), seed=seed + 1)
@@ -34,6 +34,7 @@ def build_zoo(output: str | Path, seed: int = 0) -> dict[str, str]:
     models.tiny_qwen2_5_vl_vision(Path(paths["qwen2_5_vl_vit"]), seed=seed)
     models.tiny_native_perceiver(qwen3_style_tokenizer(corpus), Path(paths["native_perceiver"]), seed=seed + 2)
     models.tiny_qwen2_5_vl(qwen3_style_tokenizer(corpus), Path(paths["qwen2_5_vl"]), seed=seed + 3)
+    models.tiny_qwen3_vl(qwen3_style_tokenizer(corpus), Path(paths["qwen3_vl"]), seed=seed + 4)
     data = write_dataset(root / "data", seed=seed)
     paths.update({"images": data["images"], "stage1_data": data["stage1"], "stage2_data": data["stage2"],
                   "benchmark": data["benchmark"]})

@@ -134,3 +134,27 @@ def tiny_qwen2_5_vl(tokenizer, folder: Path, seed: int = 0):
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(NATIVE_PIXELS))
     tokenizer.save_pretrained(folder)
+
+
+def tiny_qwen3_vl(tokenizer, folder: Path, seed: int = 0):
+    """A stock Hugging Face Qwen3-VL checkpoint, tiny (a Qwen-VL perceiver with deepstack features)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = qwen_vl_tokenizer(tokenizer)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=WIDTH, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0])
+    text = dict(vocab_size=len(tokenizer), hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                rope_theta=1_000_000.0, rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                      "mrope_interleaved": True},
+                bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(seed)
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"],
+                           vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                           video_token_id=ids["<|video_pad|>"], tie_word_embeddings=True)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({**NATIVE_PIXELS, "image_mean": [0.5] * 3,
+                                                                 "image_std": [0.5] * 3}))
+    tokenizer.save_pretrained(folder)
