@@ -131,3 +131,38 @@ def test_other_layouts_are_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(OfficialImportError, match="--vit-config"):
         do_import(src, tmp_path / "out", vit_config=None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
+    """DPA-4B-init's route: the imported checkpoint chats and answers a question file through LLaVA's own entry
+    points, and stage 1 then stage 2 continue from its perceiver, its target and its aligner."""
+    from conftest import PY, REPO, run
+
+    out = do_import(merged_source(tmp_path), tmp_path / "dpa")
+    images = FIXTURE / "images"
+    chat = run([PY, "-m", "llava.serve.cli", "--model-path", out, "--image-file", images / "wide.png", "--device", "cpu",
+                "--max-new-tokens", "3"], input="Describe the image.\n\n", timeout=300)
+    assert chat.stdout.count("assistant:") == 1
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": i, "image": f, "text": "What is shown?"})
+                                   for i, f in enumerate(("wide.png", "tall.png"))))
+    answers = tmp_path / "a.jsonl"
+    run([PY, "-m", "llava.eval.model_vqa_loader", "--model-path", out, "--image-folder", images, "--question-file",
+         questions, "--answers-file", answers, "--temperature", "0", "--max_new_tokens", "3"])
+    assert [json.loads(line)["question_id"] for line in answers.read_text().splitlines()] == [0, 1]
+
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": str(i), "image": f, "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": "A red square."}]}
+        for i, f in enumerate(("wide.png", "tall.png", "small.png", "wide.png"))]))
+    common = ["--vision_tower", f"dpa:{out}/perceiver", "--version", "qwen_3", "--data_path", data, "--image_folder",
+              images, "--mm_projector_type", "dpa_aligner", "--mm_vision_select_layer", "-1", "--max_steps", "2",
+              "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none",
+              "--dataloader_num_workers", "0", "--learning_rate", "1e-4", "--model_max_length", "512",
+              "--mm_use_im_patch_token", "False", "--mm_use_im_start_end", "False"]
+    run([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage", "1",
+         "--pretrain_mm_mlp_adapter", out / "mm_projector.bin", "--output_dir", tmp_path / "s1", *common])
+    second = run([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage", "2",
+                  "--pretrain_mm_mlp_adapter", tmp_path / "s1" / "mm_projector.bin", "--output_dir", tmp_path / "s2",
+                  "--mm_vision_tower_lr", "2e-6", *common])
+    assert "DPA perceiver, Qwen-VL native" in second.stdout and (tmp_path / "s2" / "model.safetensors").is_file()

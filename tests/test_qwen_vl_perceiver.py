@@ -147,6 +147,11 @@ def test_selection_and_bad_input(zoo, tmp_path):
     from llava_dpa.loading import load_tokenizer
     with pytest.raises(QwenVLPerceiverError, match=r"lacks the vision tokens \['<\|vision_start\|>'"):
         tower.check_delimiters(load_tokenizer(zoo["qwen3_lm"]), zoo["qwen3_lm"])
+    # a prompt that spells the image slots out (the release's data format) instead of <image>
+    tower.target_tokenizer = load_tokenizer(zoo["native_perceiver"])
+    spelled = tower.target_tokenizer("<|vision_start|><|image_pad|><|vision_end|>Describe it.").input_ids
+    with pytest.raises(QwenVLPerceiverError, match="already holds image slots"):
+        tower.sample_contexts(torch.tensor([spelled]), None)
 
 
 @pytest.mark.fast

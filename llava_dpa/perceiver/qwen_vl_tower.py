@@ -157,10 +157,16 @@ class QwenVLPerceiverTower(VisionTower):
 
         contexts = []
         ends = None
+        written_out = self._slot_ids()
         for row, ids in enumerate(input_ids):
             if attention_mask is not None:
                 ids = ids[attention_mask[row].bool()]
             ids = ids.tolist()
+            if written_out & set(ids):
+                raise QwenVLPerceiverError(
+                    f"sample {row}: its text already holds image slots ({', '.join(DELIMITERS)}), as the official "
+                    f"release's data does; their count cannot be checked against the image's features here. Write "
+                    f"<image> where the image goes: this model fills it with the image's N + 2 features.")
             where = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX]
             if not where:
                 contexts.append([[]])
@@ -180,6 +186,12 @@ class QwenVLPerceiverTower(VisionTower):
                 sample.append(self._encode(text) if text else [])
             contexts.append(sample)
         return contexts
+
+    def _slot_ids(self) -> set[int]:
+        if self.target_tokenizer is None:
+            return set()
+        vocab = self.target_tokenizer.get_vocab()
+        return {vocab[t] for t in DELIMITERS if t in vocab}
 
     def _target(self):
         if self.target_tokenizer is None:
