@@ -133,3 +133,27 @@ def tower_folder_weights(path, select_layer=-2):
                                delay_load=True)
     return W.select_submodule_state(load_file(f"{path}/model.safetensors"), tower.encoder, tower.checkpoint_prefixes,
                                     str(path))
+
+
+def two_turn_generate(checkpoint, image_path):
+    """What llava.serve.cli does for two turns (the whole conversation re-sent each turn, the same image tensor)."""
+    from PIL import Image
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+    from llava_dpa.loading import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(checkpoint), None, None, device="cpu", dtype=torch.float32)
+    image = Image.open(image_path).convert("RGB")
+    pixels = process_images([image], processor, model.config)
+    conv = conv_templates[model.config.conv_version].copy()
+    for turn, question in enumerate(("What colour is it?", "And its shape?")):
+        conv.append_message(conv.roles[0], ("<image>\n" if turn == 0 else "") + question)
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        with torch.inference_mode():
+            out = model.generate(ids, images=pixels, image_sizes=[image.size], max_new_tokens=2, do_sample=False)
+        conv.messages[-1][-1] = tokenizer.decode(out[0], skip_special_tokens=True)
+    return model.get_vision_tower()
+

@@ -201,3 +201,11 @@ def test_bad_perceiver_inputs(zoo, perceiver, dpa_stage1, tmp_path):
 
     with pytest.raises(CheckpointError, match="holds no vision-tower weights"):
         load_pretrained_model(str(stage1), zoo["qwen3_lm"], "x", device="cpu")
+
+
+def test_chat_encodes_the_image_once_per_conversation(zoo, dpa_stage2):
+    """The perceiver (ViT and LM, per anyres tile) runs once for a two-turn chat, not once per turn."""
+    from conftest import two_turn_generate
+
+    tower = two_turn_generate(dpa_stage2, f"{zoo['images']}/img_000.png")
+    assert tower.feature_computations == 1

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PY, REPO, run
+from conftest import PY, REPO, run, two_turn_generate
 
 NATIVE = ["--min_pixels", "256", "--max_pixels", "4096"]
 DPA, BASELINE = "dpa-qwen3-4b-official-pipeline", "llava-qwen3-4b-official-pipeline"
@@ -56,6 +56,8 @@ def test_official_pipeline_trains_reloads_and_chats(official, entry, tower, proj
     root, logs, zoo = official
     first, second = logs[entry]
     assert table_row(first, "projector")[1] == "trainable" and table_row(first, vit_part)[1] == "frozen"
+    # every training log line carries its throughput (#12: samples/s and tokens/s; peak memory on CUDA)
+    assert "'samples_per_second'" in first.stdout + first.stderr and "'tokens_per_second'" in first.stdout + first.stderr
     # the official parameter groups (register_DPA.py 16-23): ViT + merger 2e-6, LLM and perceiver LM 1e-5, aligner 1e-5
     assert table_row(second, vit_part)[1:2] + table_row(second, vit_part)[-1:] == ["trainable", "2e-06"]
     assert table_row(second, "language_model")[-1] == "1e-05" and table_row(second, "projector")[-1] == "1e-05"
@@ -153,3 +155,10 @@ def test_zero3_loads_the_perceiver_into_partitioned_parameters(official, tmp_pat
              if "model.vision_tower.perceiver." + k in saved]
     assert len(pairs) == len(original)
     assert max((a - b).abs().max().item() for a, b in pairs) < 1e-2  # two small steps from the loaded weights
+
+
+@pytest.mark.parametrize("entry", [DPA, BASELINE])
+def test_chat_encodes_the_image_once_per_conversation(official, entry):
+    root, _, zoo = official
+    tower = two_turn_generate(root / entry, sorted(Path(zoo["images"]).iterdir())[0])
+    assert tower.feature_computations == 1

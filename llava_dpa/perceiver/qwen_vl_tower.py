@@ -209,7 +209,7 @@ class QwenVLPerceiverTower(VisionTower):
         return self.perceiver_tokenizer(text, add_special_tokens=False).input_ids
 
     # ---- features ------------------------------------------------------------------------------------
-    def forward(self, images, contexts=None):
+    def features(self, images, contexts=None):
         images = self._as_list(images)
         if contexts is None:  # no sample structure given: each image on its own after the prefix
             contexts = [[[]] for _ in images]

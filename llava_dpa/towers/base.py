@@ -144,11 +144,42 @@ class VisionTower(nn.Module, ABC):
 
     # ---- the LLaVA-NeXT interface --------------------------------------------------------------------
     def forward(self, images, **tower_inputs):
-        # No torch.no_grad here: stage 2 may train the tower. A frozen tower builds no graph anyway.
+        """The features of `images`. A tower that trains (stage 2, LoRA, the auxiliary loss) runs with autograd;
+        a frozen one (stage 1, --freeze_perceiver) and any tower at inference run under no_grad, so they build no
+        graph whatever their inputs. At inference the features are also memoised per image content, tower
+        inputs and weights, so a chat encodes its image once per conversation, not once per turn."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return self.features(images, **tower_inputs)
+        with torch.no_grad():
+            if self.training:
+                return self.features(images, **tower_inputs)
+            return self.memoised_features(images, tower_inputs)
+
+    def features(self, images, **tower_inputs):
         if isinstance(images, list):
             return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0), **tower_inputs)
                     for image in images]
         return self.encode(images.to(device=self.device, dtype=self.dtype), **tower_inputs)
+
+    #: how many distinct (images, inputs) results inference keeps
+    MEMO_SIZE = 8
+
+    def memoised_features(self, images, tower_inputs: dict):
+        import hashlib
+
+        digest = hashlib.sha1()
+        for image in (images if isinstance(images, (list, tuple)) else [images]):
+            digest.update(str((tuple(image.shape), image.dtype)).encode())
+            digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        weights = sum(p._version for p in self.parameters())  # bumped by every in-place update (training, loading)
+        key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype)
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            if len(memo) >= self.MEMO_SIZE:
+                memo.pop(next(iter(memo)))
+            memo[key] = self.features(images, **tower_inputs)
+            self.feature_computations = getattr(self, "feature_computations", 0) + 1
+        return memo[key]
 
     @property
     def dummy_feature(self):

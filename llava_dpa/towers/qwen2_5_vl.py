@@ -134,9 +134,9 @@ class Qwen2_5_VLTower(VisionTower):
     def tokens_for(self, width: int, height: int) -> int:
         return self.image_processor.tokens_for(width, height)
 
-    def forward(self, images, **tower_inputs):
+    def features(self, images, **tower_inputs):
         if not self.native:
-            return super().forward(images, **tower_inputs)
+            return super().features(images, **tower_inputs)
         cfg = self.vision_tower.config
         if torch.is_tensor(images):
             images = list(images) if images.ndim == 4 else [images]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
+import torch
 import transformers
 from llava.train.llava_trainer import LLaVATrainer
 from transformers import TrainerCallback
@@ -62,6 +64,12 @@ class DPATrainer(LLaVATrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training:  # throughput since the last log line: samples, and positions the target computed
+            self.__dict__.setdefault("_last_log_time", time.perf_counter())
+            count = self.__dict__.setdefault("_throughput", [0, 0])
+            count[0] += int(inputs["input_ids"].shape[0])
+            logits = getattr(outputs, "logits", None)
+            count[1] += int(logits.shape[0] * logits.shape[1]) if logits is not None else 0
         if getattr(outputs, "perceiver_aux_loss", None) is not None and model.training:
             parts = self.__dict__.setdefault("_loss_parts", {"target_loss": [], "perceiver_aux_loss": []})
             parts["target_loss"].append(outputs.target_loss.item())
@@ -76,7 +84,23 @@ class DPATrainer(LLaVATrainer):
         if parts and "loss" in logs:
             for key, values in parts.items():
                 logs[key] = round(sum(values) / len(values), 6)
+        if "loss" in logs:
+            logs.update(self._throughput_since_last_log())
         return super().log(logs, *args, **kwargs)
+
+    def _throughput_since_last_log(self) -> dict:
+        """samples/s and tokens/s (the target's input positions, image tokens and padding included, as computed)
+        since the previous log line, per process; peak GPU memory on CUDA."""
+        now = time.perf_counter()
+        samples, tokens = self.__dict__.pop("_throughput", [0, 0])
+        last = self.__dict__.get("_last_log_time")
+        self.__dict__["_last_log_time"] = now
+        out = {}
+        if last is not None and now > last:
+            out = {"samples_per_second": round(samples / (now - last), 3), "tokens_per_second": round(tokens / (now - last), 1)}
+        if torch.cuda.is_available():
+            out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        return out
 
     def create_optimizer(self):
         if self.optimizer is None:
