@@ -215,32 +215,38 @@ def test_cost_flops_and_sizes():
     assert 1.0 < f["ratio_dpa_over_baseline"]["stage2"] < 1.1
 
 
-def test_bench_checkpoints_and_presets(dpa_stage2, baseline_stage2, tmp_path, monkeypatch, capsys):
+def test_bench_checkpoints(dpa_stage2, baseline_stage2, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--dpa", str(dpa_stage2), "--baseline", str(baseline_stage2), "--device", "cpu",
                  "--dtype", "float32", "--repeats", "1", "--warmup", "0", "--decode-steps", "2",
                  "--text-tokens", "8", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    for key in ("prefill_samples_per_s", "decode_tokens_per_s", "train_samples_per_s"):
-        assert report["ratio_dpa_over_baseline"][key] == pytest.approx(
-            report["throughput"]["DPA"][key] / report["throughput"]["baseline"][key])
+    seconds = report["seconds"]
+    assert report["cost_ratio_dpa_over_baseline"]["prefill"]["measured"] == pytest.approx(
+        seconds["DPA"]["prefill"]["seconds"] / seconds["baseline"]["prefill"]["seconds"])
     assert report["parameters"]["DPA"] > report["parameters"]["baseline"]
-    assert "train_samples_per_s" in capsys.readouterr().out
+    # stage 2 trains the towers in both modes (the perceiver but its LM head; the ViT); stage 1 the projector only
+    for name in ("DPA", "baseline"):
+        assert report["trainable"][name]["stage2"] > 5 * report["trainable"][name]["stage1"]
+    assert seconds["DPA"]["prefill"]["components"]["perceiver_lm"] > 0 == seconds["baseline"]["prefill"]["components"]["perceiver_lm"]
+    assert "train_stage1" in capsys.readouterr().out
 
-    from llava_dpa.analysis import cost
 
-    tiny_lm = dict(model_type="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=1200, tie_word_embeddings=True)
-    monkeypatch.setitem(cost.PRESETS, "tiny-target", dict(tiny_lm, hidden_size=48))
-    monkeypatch.setitem(cost.PRESETS, "qwen3-0.6b", tiny_lm)
-    monkeypatch.setitem(cost.PRESETS, "qwen2.5-vl-vit", dict(
-        model_type="qwen2_5_vl", depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
-        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=40, window_size=112, fullatt_block_indexes=[1]))
-    assert main(["bench", "--preset", "tiny-target", "--device", "cpu", "--dtype", "float32", "--image-size", "56",
-                 "--repeats", "1", "--warmup", "0", "--decode-steps", "2", "--text-tokens", "8",
+def test_bench_preset_runs_this_projects_classes_at_a_scale(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "qwen3-4b", "--scale", "0.02", "--device", "cpu", "--dtype", "float32",
+                 "--image-size", "56", "--repeats", "1", "--warmup", "0", "--decode-steps", "2", "--text-tokens", "8",
                  "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["preset"] == "tiny-target" and set(report["throughput"]) == {"DPA", "baseline"}
+    printed = capsys.readouterr().out
+    assert "built from this project's classes at scale 0.02" in printed
+    rows = report["cost_ratio_dpa_over_baseline"]
+    assert set(rows) == {"prefill", "decode", "train_stage2", "train_stage1"}
+    for row in rows.values():  # the analytic ratio of the same configuration, and the quotient
+        assert row["analytic"] > 0 and row["measured_over_analytic"] == pytest.approx(row["measured"] / row["analytic"])
+    assert rows["train_stage2"]["analytic"] > 1 and rows["decode"]["analytic"] == 1.0
+    parts = report["seconds"]["DPA"]["train_stage2"]["components"]
+    assert set(parts) == {"vit", "perceiver_projector", "perceiver_lm", "projector", "target", "rest"}
 
 
 def test_mir_callback_records_during_training(zoo, perceiver, dpa_stage1, texts, tmp_path):

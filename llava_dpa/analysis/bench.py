@@ -1,119 +1,93 @@
-"""`llava-dpa bench`: prefill, decode and training-step throughput of DPA against its controlled baseline,
-measured side by side in one run, with the ratios (paper Table 5: DPA-Qwen3-4B runs at 0.94x).
+"""`llava-dpa bench`: DPA against its controlled baseline, measured side by side in one run, on the code that
+trains and serves them, next to the analytic ratio of the same configuration (paper Table 5: inference
+throughput 0.94x, training cost 1.14x at 4B).
 
-Two ways to build the pair:
-- `--dpa CKPT --baseline CKPT`: two checkpoints of this project, run through the LLaVA model code itself
-  (the tower, the perceiver, anyres and all), on a synthetic image and prompt;
-- `--preset qwen3-4b` (or another target preset): random weights at the published sizes (analysis.cost
-  presets), the components wired as the two models wire them: Qwen2.5-VL ViT -> projector -> target for the
-  baseline; ViT -> projector -> Qwen3-0.6B blocks (a short prompt prefix + the visual tokens; the visual
-  positions' last hidden states) -> projector -> target for DPA. No checkpoint is needed.
-Throughputs: prefill = samples/s for one image + `--text-tokens` text tokens; decode = generated tokens/s
-after that prefill (KV cache); train = samples/s of forward + backward with every weight trainable (stage 2),
-without the optimizer step (identical for both apart from the parameter count). The two models alternate
-within every repeat so that clock and thermal drift hit both alike.
+Two ways to get the pair:
+- `--preset qwen3-4b [--scale F]`: random weights at the published sizes, or every width, head count and depth
+  shrunk by F (head widths and vocabulary kept), built from this project's own classes exactly as training
+  builds them (`analysis/bench_models.py`: the LLaVA target classes, the Qwen2.5-VL tower, `PerceiverTower`);
+- `--dpa CKPT --baseline CKPT`: two checkpoints of this project.
+Both run through the LLaVA model code (llava_arch, the towers, the perceiver) on one synthetic square image of
+the tower's tile size and `--text-tokens` text tokens.
+
+Operations, each as DPA time / baseline time (the cost ratio; a throughput ratio is its inverse):
+- prefill: one forward over image + prompt, with the KV cache;
+- decode: `--decode-steps` generated tokens after that prefill;
+- train (stage 2): forward + backward with what stage 2 trains (everything but the perceiver's LM head);
+- train (stage 1): forward + backward with only the alignment projector trainable (frozen towers run under
+  no_grad). No optimizer step (it is the same for both apart from the parameter count).
+The analytic column is `analysis/flops.py` for the same configuration (forward for prefill, the stage's
+training FLOPs for training, 1.0 for decode: each decoded token costs the same target forward). A
+per-component breakdown (ViT, perceiver projector, perceiver LM, projector, target, and the rest: Python,
+splicing, the loss) shows where any gap between measured and analytic goes. The two models alternate within
+every repeat so that clock and thermal drift hit both alike.
 """
 from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
+from collections import defaultdict
 
 import torch
 from tqdm import tqdm
 
-from llava_dpa.towers.qwen2_5_vl import merged_tokens
-
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OPS = ("prefill", "decode", "train_stage2", "train_stage1")
+COMPONENTS = ("vit", "perceiver_projector", "perceiver_lm", "projector", "target")
 
 
-def _sync(device: str) -> None:
+def _sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
-class PresetPipeline:
-    """Random-weight components at a preset's sizes, wired as DPA or as its baseline."""
+class ComponentClock:
+    """Forward time per component, by module hooks (the components are disjoint modules)."""
 
-    def __init__(self, target: str, dpa: bool, device: str, dtype: torch.dtype, image_size: int,
-                 text_tokens: int, perceiver_lm: str = "qwen3-0.6b", vit: str = "qwen2.5-vl-vit",
-                 prefix_tokens: int = 8, seed: int = 0):
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    def __init__(self, modules: dict, device):
+        self.device, self.seconds, self.started, self.handles, self.on = device, defaultdict(float), {}, [], False
+        for name, group in modules.items():
+            for module in group:
+                self.handles.append(module.register_forward_pre_hook(self._start(id(module))))
+                self.handles.append(module.register_forward_hook(self._stop(name, id(module))))
 
-        from llava_dpa.analysis.cost import PRESETS
+    def _start(self, key):
+        def hook(*_):
+            if self.on:
+                _sync(self.device)
+                self.started[key] = time.perf_counter()
+        return hook
 
-        torch.manual_seed(seed)
-        self.name, self.device = ("DPA" if dpa else "baseline"), device
+    def _stop(self, name, key):
+        def hook(*_):
+            if self.on:
+                _sync(self.device)
+                self.seconds[name] += time.perf_counter() - self.started.pop(key)
+        return hook
 
-        def lm_config(preset):
-            kw = dict(PRESETS[preset])
-            return AutoConfig.for_model(kw.pop("model_type"), **kw)
-
-        vit_kw = dict(PRESETS[vit])
-        vit_kw.pop("model_type")
-        with torch.device(device):
-            self.vit = Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**vit_kw)).to(dtype)
-            self.target = AutoModelForCausalLM.from_config(lm_config(target), dtype=dtype)
-            d_vit, d_t = vit_kw["out_hidden_size"], self.target.config.hidden_size
-            if dpa:
-                self.perceiver = AutoModel.from_config(lm_config(perceiver_lm), dtype=dtype)
-                d_p = self.perceiver.config.hidden_size
-                self.projectors = torch.nn.ModuleList([_mlp(d_vit, d_p), _mlp(d_p, d_t)]).to(dtype)
-            else:
-                self.perceiver = None
-                self.projectors = torch.nn.ModuleList([_mlp(d_vit, d_t)]).to(dtype)
-        cfg = self.vit.config
-        side = image_size // cfg.patch_size
-        channels = 3 * cfg.temporal_patch_size * cfg.patch_size ** 2
-        generator = torch.Generator().manual_seed(seed)
-        self.pixels = torch.randn(side * side, channels, generator=generator).to(device, dtype)
-        self.grid = torch.tensor([[1, side, side]], device=device)
-        vocab = self.target.config.vocab_size
-        self.text = torch.randint(vocab, (1, text_tokens), generator=generator).to(device)
-        self.prefix = torch.randint(1000, (1, prefix_tokens), generator=generator).to(device)
-        self.modules = [m for m in (self.vit, self.perceiver, self.projectors, self.target) if m is not None]
-
-    def _embeds(self):
-        feats = merged_tokens(self.vit(self.pixels, grid_thw=self.grid))[None]
-        feats = self.projectors[0](feats)
-        if self.perceiver is not None:
-            prefix = self.perceiver.get_input_embeddings()(self.prefix)
-            hidden = self.perceiver(inputs_embeds=torch.cat([prefix, feats], 1)).last_hidden_state
-            feats = self.projectors[1](hidden[:, prefix.shape[1]:])
-        return torch.cat([feats, self.target.get_input_embeddings()(self.text)], 1)
-
-    def prefill(self):
-        return self.target(inputs_embeds=self._embeds(), use_cache=True, logits_to_keep=1)
-
-    def decode(self, steps: int) -> None:
-        out = self.prefill()
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(steps):
-            out = self.target(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-    def train_step(self) -> None:
-        embeds = self._embeds()
-        labels = torch.full(embeds.shape[:2], -100, device=self.device, dtype=torch.long)
-        labels[:, -self.text.shape[1]:] = self.text
-        self.target(inputs_embeds=embeds, labels=labels, use_cache=False).loss.backward()
-        for module in self.modules:
-            module.zero_grad(set_to_none=True)
-
-    def parameters(self) -> int:
-        return sum(p.numel() for m in self.modules for p in m.parameters())
+    def measure(self, fn) -> tuple[float, dict]:
+        self.seconds.clear()
+        self.on = True
+        _sync(self.device)
+        start = time.perf_counter()
+        try:
+            fn()
+        finally:
+            _sync(self.device)
+            self.on = False
+        total = time.perf_counter() - start
+        parts = {name: self.seconds.get(name, 0.0) for name in COMPONENTS}
+        parts["rest"] = total - sum(parts.values())
+        return total, parts
 
 
-def _mlp(d_in, d_out):
-    return torch.nn.Sequential(torch.nn.Linear(d_in, d_out), torch.nn.GELU(), torch.nn.Linear(d_out, d_out))
-
-
-class CheckpointPipeline:
+class Pipeline:
     """A checkpoint of this project on a synthetic image and prompt, through the LLaVA model code."""
 
-    def __init__(self, path: str, device: str, dtype: torch.dtype, text_tokens: int, model_base=None, seed: int = 0):
+    def __init__(self, name: str, path: str, device: str, dtype: torch.dtype, text_tokens: int, model_base=None,
+                 seed: int = 0):
         from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
         from llava.conversation import conv_templates
         from llava.mm_utils import process_images, tokenizer_image_token
@@ -122,15 +96,21 @@ class CheckpointPipeline:
         from llava_dpa.llava_integration.inference import conv_mode_for, to_model
         from llava_dpa.loading import load_pretrained_model
 
-        self.name, self.device = path, device
+        self.name, self.path, self.device = name, path, device
         self.tokenizer, self.model, processor, _ = load_pretrained_model(path, model_base, None, device=device,
                                                                          dtype=dtype)
-        tower = self.model.get_vision_tower()
+        self.model.eval()
+        self.tower = self.model.get_vision_tower()
+        from llava_dpa.towers.base import VisionTower
+
+        for module in self.model.modules():  # every prefill encodes its image: no inference memo
+            if isinstance(module, VisionTower):
+                module.MEMO_SIZE = 0
         generator = torch.Generator().manual_seed(seed)
-        size = tower.image_size
+        size = self.tower.image_size
         array = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
         image = Image.fromarray(array)
-        ids = torch.randint(100, 1000, (text_tokens,), generator=generator)
+        ids = torch.randint(100, 600, (text_tokens,), generator=generator)
         filler = self.tokenizer.decode(ids, skip_special_tokens=True)
         conv = conv_templates[conv_mode_for(self.model, None)].copy()
         conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{filler}")
@@ -139,93 +119,146 @@ class CheckpointPipeline:
                                                return_tensors="pt")[None].to(device)
         self.images = to_model(process_images([image], processor, self.model.config), self.model)
         self.sizes = [image.size]
+        self.clock = ComponentClock(self.components(), device)
 
+    def components(self) -> dict:
+        inner, tower = self.model.get_model(), self.tower
+        groups = {"projector": [inner.mm_projector], "target": [inner, self.model.lm_head]}
+        if tower.is_perceiver and hasattr(tower.perceiver, "get_model"):  # the LLaVA-format perceiver
+            perceiver = tower.perceiver.get_model()
+            groups.update(vit=[tower.vit], perceiver_projector=[perceiver.mm_projector], perceiver_lm=[perceiver])
+        elif tower.is_perceiver:  # the Qwen-VL perceiver: its merger is its projector, inside the ViT
+            groups.update(vit=[tower.perceiver.visual], perceiver_lm=[tower.perceiver.language_model])
+        else:
+            groups.update(vit=[tower.encoder])
+        return groups
+
+    def text_tokens(self) -> int:
+        return int((self.input_ids >= 0).sum())
+
+    # ---- the operations ------------------------------------------------------------------------------
     def prefill(self):
         return self.model(input_ids=self.input_ids, images=self.images, image_sizes=self.sizes, use_cache=True)
 
     def decode(self, steps: int) -> None:
         self.model.generate(self.input_ids, images=self.images, image_sizes=self.sizes, do_sample=False,
-                            max_new_tokens=steps, min_new_tokens=steps, pad_token_id=self.tokenizer.pad_token_id
-                            or self.tokenizer.eos_token_id)
+                            max_new_tokens=steps, min_new_tokens=steps,
+                            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
 
-    def train_step(self) -> None:
+    def train_step(self, stage: int) -> None:
+        from llava_dpa.training.parts import Part, part_of
+
+        for name, param in self.model.named_parameters():
+            part = part_of(name)
+            param.requires_grad_(part is Part.PROJECTOR if stage == 1 else part is not Part.PERCEIVER_LM_HEAD)
         labels = self.input_ids.clone()
         labels[labels < 0] = -100
         self.model.train()
-        with torch.enable_grad():
-            self.model(input_ids=self.input_ids, labels=labels, images=self.images, image_sizes=self.sizes).loss.backward()
-        self.model.zero_grad(set_to_none=True)
-        self.model.eval()
+        try:
+            with torch.enable_grad():
+                out = self.model(input_ids=self.input_ids, labels=labels, images=self.images, image_sizes=self.sizes)
+                out.loss.backward()
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            self.model.eval()
+            self.model.requires_grad_(False)
+
+    def trainable(self, stage: int) -> int:
+        from llava_dpa.training.parts import Part, part_of
+
+        return sum(p.numel() for n, p in self.model.named_parameters()
+                   if (part_of(n) is Part.PROJECTOR if stage == 1 else part_of(n) is not Part.PERCEIVER_LM_HEAD))
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def _timed(fn, device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def measure(pipelines: list, device: str, repeats: int = 5, warmup: int = 1, decode_steps: int = 32) -> dict:
-    """Median seconds per operation for every pipeline; operations interleave across pipelines."""
+def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: int = 32) -> dict:
+    """Median seconds per operation and per component, for every pipeline; operations interleave."""
     ops = {"prefill": lambda p: p.prefill(), "decode": lambda p: p.decode(decode_steps),
-           "train": lambda p: p.train_step()}
-    times = {p.name: {op: [] for op in ops} for p in pipelines}
+           "train_stage2": lambda p: p.train_step(2), "train_stage1": lambda p: p.train_step(1)}
+    samples = {p.name: {op: [] for op in ops} for p in pipelines}
     for op, fn in ops.items():
-        no_grad = op != "train"
         for i in tqdm(range(warmup + repeats), desc=f"bench {op}"):
             for p in pipelines:
-                with torch.set_grad_enabled(not no_grad):
-                    seconds = _timed(lambda: fn(p), device)
+                with torch.set_grad_enabled(op.startswith("train")):
+                    total, parts = p.clock.measure(lambda: fn(p))
                 if i >= warmup:
-                    times[p.name][op].append(seconds)
+                    samples[p.name][op].append((total, parts))
     result = {}
-    for name, per_op in times.items():
-        prefill = statistics.median(per_op["prefill"])
-        decode_total = statistics.median(per_op["decode"])
-        result[name] = {
-            "prefill_samples_per_s": 1.0 / prefill,
-            # the decode run includes its own prefill; the rest is decode_steps tokens
-            "decode_tokens_per_s": decode_steps / max(decode_total - prefill, 1e-9),
-            "train_samples_per_s": 1.0 / statistics.median(per_op["train"]),
-        }
+    for name, per_op in samples.items():
+        result[name] = {}
+        for op, runs in per_op.items():
+            total = statistics.median(t for t, _ in runs)
+            parts = {c: statistics.median(r[c] for _, r in runs) for c in (*COMPONENTS, "rest")}
+            result[name][op] = {"seconds": total, "components": parts}
+        # the decode run includes its own prefill; per generated token is the rest
+        prefill = result[name]["prefill"]["seconds"]
+        result[name]["decode"]["seconds_per_token"] = max(result[name]["decode"]["seconds"] - prefill, 1e-9) / decode_steps
     return result
+
+
+def analytic(pipelines: dict, configs: dict | None) -> dict | None:
+    """FLOP ratios DPA / baseline for the pair's configuration, when its towers are Qwen2.5-VL ones."""
+    from llava_dpa.analysis.flops import training_flops
+
+    from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
+
+    dpa, base = pipelines["DPA"], pipelines["baseline"]
+    tower = dpa.tower
+    if configs is None:  # checkpoints: the analytic model covers a Qwen2.5-VL ViT under a LLaVA-format perceiver
+        if not (tower.is_perceiver and hasattr(tower.perceiver, "get_model") and isinstance(tower.vit, Qwen2_5_VLTower)
+                and isinstance(base.tower, Qwen2_5_VLTower)):
+            return None
+        vit = dict(tower.vit.vision_tower.config.to_dict(), model_type="qwen2_5_vl")
+        configs = {"vit": vit, "perceiver_lm": tower.perceiver.config.to_dict(), "target": dpa.model.config.to_dict()}
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size")
+
+    def lm(c):
+        c = dict(c)
+        c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
+        return {k: c[k] for k in keys}
+
+    f = training_flops(lm(configs["target"]), lm(configs["perceiver_lm"]), configs["vit"],
+                       image_size=tower.image_size, tiles=1, text_tokens=base.text_tokens(),
+                       prefix_tokens=len(getattr(tower, "prefix_ids", []) or []))
+    ratio = f["ratio_dpa_over_baseline"]
+    return {"prefill": ratio["forward"], "decode": 1.0, "train_stage2": ratio["stage2"], "train_stage1": ratio["stage1"],
+            "flops": {k: v for k, v in f.items() if k in ("dpa", "baseline", "tokens")}}
 
 
 def run(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _DTYPES[args.dtype]
     torch.manual_seed(args.seed)
+    configs, workdir = None, None
     if args.preset:
         if args.dpa or args.baseline:
             raise ValueError("give either --preset or --dpa/--baseline checkpoints, not both")
-        pipelines = [PresetPipeline(args.preset, dpa, device, dtype, args.image_size, args.text_tokens,
-                                    seed=args.seed) for dpa in (True, False)]
+        from llava_dpa.analysis.bench_models import build_pair, describe
+
+        workdir = tempfile.TemporaryDirectory(prefix="llava-dpa-bench-")
+        built = build_pair(args.preset, args.scale, workdir.name, args.image_size, dtype, args.seed)
+        configs = built["configs"]
+        paths = {"DPA": built["DPA"], "baseline": built["baseline"]}
+        print(f"built from this project's classes at scale {args.scale}: {describe(configs)}")
     elif args.dpa and args.baseline:
-        pipelines = [CheckpointPipeline(path, device, dtype, args.text_tokens, args.model_base, args.seed)
-                     for path in (args.dpa, args.baseline)]
-        pipelines[0].name, pipelines[1].name = "DPA", "baseline"
+        if args.scale != 1:
+            raise ValueError("--scale applies to --preset; checkpoints run at their own size")
+        paths = {"DPA": args.dpa, "baseline": args.baseline}
     else:
-        raise ValueError("give --preset TARGET (random weights at published sizes) or both --dpa and --baseline")
-    for p in pipelines:
-        for module in getattr(p, "modules", [getattr(p, "model", None)]):
-            module.eval()
-    results = measure(pipelines, device, args.repeats, args.warmup, args.decode_steps)
-    params = {p.name: p.parameters() for p in pipelines}
-    ratios = {k: results["DPA"][k] / results["baseline"][k] for k in results["DPA"]}
-    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-              "dtype": args.dtype, "torch": torch.__version__, "preset": args.preset,
-              "text_tokens": args.text_tokens, "image_size": args.image_size, "decode_steps": args.decode_steps,
-              "repeats": args.repeats, "parameters": params, "throughput": results,
-              "ratio_dpa_over_baseline": ratios}
-    print(f"{'':28s}{'DPA':>14s}{'baseline':>14s}{'ratio':>8s}")
-    print(f"{'parameters':28s}{params['DPA'] / 1e9:13.3f}B{params['baseline'] / 1e9:13.3f}B"
-          f"{params['DPA'] / params['baseline']:8.3f}")
-    for key in results["DPA"]:
-        print(f"{key:28s}{results['DPA'][key]:14.3f}{results['baseline'][key]:14.3f}{ratios[key]:8.3f}")
+        raise ValueError("give --preset TARGET (random weights, this project's classes) or both --dpa and --baseline")
+    try:
+        pipelines = {name: Pipeline(name, path, device, dtype, args.text_tokens, args.model_base, args.seed)
+                     for name, path in paths.items()}
+        results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps)
+        theory = analytic(pipelines, configs)
+    finally:
+        if workdir is not None:
+            workdir.cleanup()
+    report = summarise(args, device, pipelines, results, theory)
+    print_report(report)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
@@ -233,15 +266,53 @@ def run(args) -> int:
     return 0
 
 
+def summarise(args, device, pipelines, results, theory) -> dict:
+    key = {"prefill": "seconds", "decode": "seconds_per_token", "train_stage2": "seconds", "train_stage1": "seconds"}
+    measured = {op: results["DPA"][op][key[op]] / results["baseline"][op][key[op]] for op in OPS}
+    rows = {}
+    for op in OPS:
+        expected = theory[op] if theory else None
+        rows[op] = {"measured": measured[op], "analytic": expected,
+                    "measured_over_analytic": measured[op] / expected if expected else None}
+    return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
+            "dtype": args.dtype, "torch": torch.__version__, "preset": args.preset, "scale": args.scale,
+            "text_tokens": pipelines["baseline"].text_tokens(), "image_size": pipelines["baseline"].tower.image_size,
+            "decode_steps": args.decode_steps, "repeats": args.repeats,
+            "parameters": {n: p.parameters() for n, p in pipelines.items()},
+            "trainable": {n: {"stage2": p.trainable(2), "stage1": p.trainable(1)} for n, p in pipelines.items()},
+            "seconds": results, "cost_ratio_dpa_over_baseline": rows,
+            "analytic_flops": theory["flops"] if theory else None}
+
+
+def print_report(report: dict) -> None:
+    params = report["parameters"]
+    print(f"parameters: DPA {params['DPA'] / 1e6:.1f}M, baseline {params['baseline'] / 1e6:.1f}M "
+          f"({params['DPA'] / params['baseline']:.3f}x)")
+    print(f"{'time, DPA / baseline':24s}{'measured':>10s}{'analytic':>10s}{'quotient':>10s}")
+    for op, row in report["cost_ratio_dpa_over_baseline"].items():
+        a = f"{row['analytic']:.3f}" if row["analytic"] else "n/a"
+        q = f"{row['measured_over_analytic']:.3f}" if row["measured_over_analytic"] else "n/a"
+        print(f"{op:24s}{row['measured']:10.3f}{a:>10s}{q:>10s}")
+    print("throughput, DPA / baseline: inverse of the time ratio (paper Table 5: inference 0.94, training cost 1.14)")
+    print(f"{'seconds per component':24s}" + "".join(f"{c:>11s}" for c in (*COMPONENTS, "rest", "total")))
+    for op in ("prefill", "train_stage2"):
+        for name in ("DPA", "baseline"):
+            r = report["seconds"][name][op]
+            print(f"{op + ' ' + name:24s}" + "".join(f"{r['components'][c]:11.4f}" for c in (*COMPONENTS, "rest"))
+                  + f"{r['seconds']:11.4f}")
+
+
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="prefill / decode / train-step throughput of DPA vs its baseline, with ratios")
-    p.add_argument("--preset", default=None, help="target preset for random-weight models (e.g. qwen3-4b)")
+    p = sub.add_parser("bench", help="prefill / decode / train-step cost of DPA vs its baseline: measured, analytic")
+    p.add_argument("--preset", default=None, help="target preset (qwen3-4b, qwen3-32b) built with random weights")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="--preset: shrink widths, heads and depths by this factor (e.g. 0.25 on a CPU)")
     p.add_argument("--dpa", default=None, help="a DPA checkpoint")
     p.add_argument("--baseline", default=None, help="its controlled baseline checkpoint")
     p.add_argument("--model-base", default=None)
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
-    p.add_argument("--image-size", type=int, default=448, help="preset mode: the square image side")
+    p.add_argument("--image-size", type=int, default=448, help="--preset: the ViT's tile (the synthetic image's side)")
     p.add_argument("--text-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)

@@ -12,8 +12,13 @@ from __future__ import annotations
 from llava_dpa.analysis.cost import PRESETS, mlp2x
 
 
-def lm_forward(preset: str, tokens: int, head: bool) -> float:
-    c = PRESETS[preset]
+def config_of(preset) -> dict:
+    """A preset name, or a config dict of the same keys (the bench's scaled configurations)."""
+    return PRESETS[preset] if isinstance(preset, str) else preset
+
+
+def lm_forward(preset, tokens: int, head: bool) -> float:
+    c = config_of(preset)
     d, layers, hd = c["hidden_size"], c["num_hidden_layers"], c["head_dim"]
     q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
     per_layer = d * q + 2 * d * kv + q * d + 3 * d * c["intermediate_size"]
@@ -23,9 +28,9 @@ def lm_forward(preset: str, tokens: int, head: bool) -> float:
     return float(flops)
 
 
-def vit_forward(preset: str, image_size: int) -> tuple[float, int]:
+def vit_forward(preset, image_size: int) -> tuple[float, int]:
     """(FLOPs, output tokens) of the Qwen2.5-VL ViT on one square image."""
-    c = PRESETS[preset]
+    c = config_of(preset)
     d, merge, patch = c["hidden_size"], c["spatial_merge_size"], c["patch_size"]
     side = image_size // patch
     n = side * side
@@ -39,12 +44,13 @@ def vit_forward(preset: str, image_size: int) -> tuple[float, int]:
     return float(2 * c["depth"] * per_layer * n + attention + embed + merger), n // (merge * merge)
 
 
-def training_flops(target: str, perceiver_lm: str = "qwen3-0.6b", vit: str = "qwen2.5-vl-vit",
+def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
                    image_size: int = 448, tiles: int = 1, text_tokens: int = 512, prefix_tokens: int = 8) -> dict:
     """Per-sample FLOPs by component, forward and per training stage, for DPA and its baseline."""
     vit_f, visual = vit_forward(vit, image_size)
     vit_f, visual = vit_f * tiles, visual * tiles
-    d_vit, d_p, d_t = PRESETS[vit]["out_hidden_size"], PRESETS[perceiver_lm]["hidden_size"], PRESETS[target]["hidden_size"]
+    d_vit, d_p, d_t = (config_of(vit)["out_hidden_size"], config_of(perceiver_lm)["hidden_size"],
+                       config_of(target)["hidden_size"])
     target_tokens = visual + text_tokens
     fwd = {
         "vit": vit_f,

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -260,26 +259,11 @@ def import_official(src: str, output: str, *, vit_config: str | None = None, per
 
 
 def _write_llava_checkpoint(folder: Path, perceiver_dir: Path, thinker_dir: Path, tokenizer, system_prompt, report):
-    """The target with the Qwen-VL perceiver as its tower and the aligner as its projector, built by the code that
-    trains one (llava's initialize_vision_modules), then saved as a self-contained checkpoint."""
-    from llava_dpa.language_models import target_class_for
+    from llava_dpa.llava_integration.assemble import assemble
 
-    cls = target_class_for("qwen3")
-    model = cls.from_pretrained(thinker_dir, torch_dtype=torch.float32)
-    args = SimpleNamespace(vision_tower="dpa:" + str(perceiver_dir), mm_vision_select_layer=-1,
-                           mm_vision_select_feature="patch", pretrain_mm_mlp_adapter=str(folder / "mm_projector.bin"),
-                           mm_patch_merge_type="flat", mm_projector_type="dpa_aligner", image_aspect_ratio="native",
-                           perceiver_system_prompt=system_prompt)
-    model.get_model().initialize_vision_modules(args)
-    tower = model.get_vision_tower()
-    tower.attach_tokenizers(tokenizer)
-    for key, value in tower.config_entries().items():
-        setattr(model.config, key, value)
-    model.config.update({"conv_version": "qwen_3", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-                         "tune_mm_mlp_adapter": False, "use_cache": True, "tokenizer_padding_side": "right"})
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    tower.save_extras(str(folder))
+    model = assemble(thinker_dir, "dpa:" + str(perceiver_dir), folder, tokenizer, projector="dpa_aligner",
+                     conv_version="qwen_3", image_aspect_ratio="native",
+                     pretrain_mm_mlp_adapter=str(folder / "mm_projector.bin"), perceiver_system_prompt=system_prompt)
     report.append(f"LLaVA-format DPA checkpoint: target {type(model).__name__}, projector dpa_aligner "
                   f"({model.config.mm_hidden_size} -> {model.config.hidden_size}), features N + 2 per image")
 

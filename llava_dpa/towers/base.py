@@ -167,6 +167,8 @@ class VisionTower(nn.Module, ABC):
     def memoised_features(self, images, tower_inputs: dict):
         import hashlib
 
+        if not self.MEMO_SIZE:  # the bench measures encoding itself
+            return self.features(images, **tower_inputs)
         digest = hashlib.sha1()
         for image in (images if isinstance(images, (list, tuple)) else [images]):
             digest.update(str((tuple(image.shape), image.dtype)).encode())

@@ -1,0 +1,119 @@
+"""The bench's models: DPA and its controlled baseline built from this project's own classes, with random
+weights at the published sizes or scaled down.
+
+`scaled_presets(target, scale)` shrinks every component's width, heads and depth by the same factor (head
+widths and the vocabulary kept), so a CPU runs a compute-dominated configuration of the same shape.
+`build_pair` writes the component folders (a Qwen2.5-VL ViT, the perceiver LM, the target) and assembles the
+two LLaVA checkpoints exactly as training does: the perceiver VLM with `make-perceiver`, then each target
+with its tower through llava's `initialize_vision_modules` (`llava_integration/assemble.py`). The bench
+then runs them through the LLaVA model code (`PerceiverTower`, the towers, llava_arch and all).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llava_dpa.analysis.cost import PRESETS
+
+
+def _multiple(value: float, unit: int) -> int:
+    return max(unit, int(round(value / unit)) * unit)
+
+
+def scale_lm(config: dict, scale: float) -> dict:
+    if scale == 1:
+        return dict(config)
+    c = dict(config)
+    heads = max(1, round(c["num_attention_heads"] * scale))
+    kv = max(1, round(c["num_key_value_heads"] * scale))
+    while heads % kv:
+        kv -= 1
+    c.update(hidden_size=_multiple(c["hidden_size"] * scale, 64), intermediate_size=_multiple(c["intermediate_size"] * scale, 64),
+             num_hidden_layers=max(1, round(c["num_hidden_layers"] * scale)), num_attention_heads=heads,
+             num_key_value_heads=kv)
+    return c
+
+
+def scale_vit(config: dict, scale: float) -> dict:
+    if scale == 1:
+        return dict(config)
+    c = dict(config)
+    head_dim = c["hidden_size"] // c["num_heads"]
+    heads = max(1, round(c["num_heads"] * scale))
+    depth = max(1, round(c["depth"] * scale))
+    every = max(1, round(depth / len(c["fullatt_block_indexes"])))
+    c.update(hidden_size=heads * head_dim, num_heads=heads, depth=depth,
+             intermediate_size=_multiple(c["intermediate_size"] * scale, 16),
+             out_hidden_size=_multiple(c["out_hidden_size"] * scale, 64),
+             fullatt_block_indexes=sorted({min(depth - 1, i) for i in range(every - 1, depth, every)} | {depth - 1}))
+    return c
+
+
+def scaled_presets(target: str, scale: float, perceiver_lm: str = "qwen3-0.6b", vit: str = "qwen2.5-vl-vit") -> dict:
+    if not 0 < scale <= 1:
+        raise ValueError(f"--scale {scale}: give a factor in (0, 1]")
+    for name in (target, perceiver_lm, vit):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return {"target": scale_lm(PRESETS[target], scale), "perceiver_lm": scale_lm(PRESETS[perceiver_lm], scale),
+            "vit": scale_vit(PRESETS[vit], scale)}
+
+
+def _save_lm(config: dict, folder: Path, tokenizer, dtype, seed: int) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    kw = dict(config)
+    model_type = kw.pop("model_type")
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cfg = AutoConfig.for_model(model_type, **kw, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _save_vit(config: dict, folder: Path, image_size: int, dtype, seed: int) -> None:
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    kw = {k: v for k, v in config.items() if k != "model_type"}
+    torch.manual_seed(seed)
+    Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**kw)).to(dtype).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"tile_size": image_size}))
+
+
+def build_pair(target: str, scale: float, folder: str | Path, image_size: int = 448, dtype=torch.float32,
+               seed: int = 0) -> dict:
+    """{"DPA": checkpoint, "baseline": checkpoint, "configs": the scaled component configs}."""
+    from llava_dpa.llava_integration.assemble import assemble
+    from llava_dpa.perceiver.compose import make_perceiver
+    from llava_dpa.zoo.data import corpus_lines
+    from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
+
+    root = Path(folder)
+    configs = scaled_presets(target, scale)
+    if PRESETS[target]["model_type"] != "qwen3":
+        raise ValueError(f"--preset {target}: the bench builds Qwen3 targets (its tiny tokenizer is Qwen3's format)")
+    tokenizer = qwen3_style_tokenizer(corpus_lines())
+    paths = {k: root / k for k in ("vit", "perceiver_lm", "target", "perceiver", "dpa", "baseline")}
+    _save_vit(configs["vit"], paths["vit"], image_size, dtype, seed)
+    _save_lm(configs["perceiver_lm"], paths["perceiver_lm"], tokenizer, dtype, seed + 1)
+    _save_lm(configs["target"], paths["target"], tokenizer, dtype, seed + 2)
+    make_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed)
+    torch.manual_seed(seed)
+    assemble(paths["target"], str(paths["perceiver"]), paths["dpa"], tokenizer, projector="mlp2x_gelu",
+             conv_version="qwen_3", dtype=dtype)
+    torch.manual_seed(seed)
+    assemble(paths["target"], str(paths["vit"]), paths["baseline"], tokenizer, projector="mlp2x_gelu",
+             conv_version="qwen_3", dtype=dtype)
+    return {"DPA": str(paths["dpa"]), "baseline": str(paths["baseline"]), "configs": configs}
+
+
+def describe(configs: dict) -> str:
+    t, p, v = configs["target"], configs["perceiver_lm"], configs["vit"]
+    return (f"target d={t['hidden_size']} L={t['num_hidden_layers']}, perceiver LM d={p['hidden_size']} "
+            f"L={p['num_hidden_layers']}, ViT d={v['hidden_size']} L={v['depth']} (out {v['out_hidden_size']})")
+
