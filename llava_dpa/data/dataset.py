@@ -44,6 +44,7 @@ class DataSpec:
     mm_use_im_start_end: bool = False
     strict: bool = False
     perceiver_aux: object = None              # perceiver.aux_loss.PerceiverAuxData when the auxiliary loss is on
+    feature_cache: object = None              # data.feature_cache.FeatureCacheReader: features instead of pixels
 
     @property
     def is_multimodal(self) -> bool:
@@ -160,6 +161,15 @@ class LazySupervisedDataset(Dataset):
         except (UnidentifiedImageError, OSError) as exc:
             raise SampleError(f"{self.sample_name(i)}: image {path} cannot be read ({exc})") from None
 
+    def cached_features(self, i: int, image_file: str):
+        path = os.path.join(self.spec.image_folder or "", image_file)
+        if not os.path.isfile(path):
+            raise SampleError(f"{self.sample_name(i)}: image {path} does not exist (check --image_folder)")
+        try:
+            return self.spec.feature_cache.features(path)
+        except KeyError as exc:
+            raise SampleError(f"{self.sample_name(i)}: {exc.args[0]}") from None
+
     def get_sample(self, i: int) -> dict:
         from llava_dpa.data.preprocess import preprocess
 
@@ -179,6 +189,11 @@ class LazySupervisedDataset(Dataset):
         processor = spec.image_processor
         images, sizes = [], []
         for f in files:
+            if spec.feature_cache is not None:
+                features, size = self.cached_features(i, f)
+                images.append(features)
+                sizes.append(size)
+                continue
             image = self.load_image(i, f)
             sizes.append(image.size)
             images.append(process_image(image, processor, spec))
@@ -205,7 +220,9 @@ class LazySupervisedDataset(Dataset):
         if aux is not None:  # the same conversation in the perceiver's own tokenization, for its LM loss
             out["perceiver_input_ids"], out["perceiver_labels"] = aux.tokenize(conversations, has_image=bool(files), name=name)
         if spec.is_multimodal:
-            if not images:
+            if not images and spec.feature_cache is not None:
+                images, sizes = [spec.feature_cache.dummy()], [(1, 1)]
+            elif not images:
                 side = processor.crop_size["height"]
                 images, sizes = [torch.zeros(3, side, side)], [(side, side)]
             out["images"], out["image_sizes"] = images, sizes

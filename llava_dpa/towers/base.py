@@ -41,6 +41,8 @@ class VisionTower(nn.Module, ABC):
     per_image_features: bool = False
     #: what the user got, in the words the start-of-training banner and the docs use
     label: str = "ViT tower"
+    #: set once when a run reads --feature_cache: the "images" are this tower's stored features
+    reads_cached_features: bool = False
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__()
@@ -148,6 +150,10 @@ class VisionTower(nn.Module, ABC):
         a frozen one (stage 1, --freeze_perceiver) and any tower at inference run under no_grad, so they build no
         graph whatever their inputs. At inference the features are also memoised per image content, tower
         inputs and weights, so a chat encodes its image once per conversation, not once per turn."""
+        if self.reads_cached_features:  # data/feature_cache.py: [.., tokens, d, 1] travelled as pixels travel
+            if isinstance(images, (list, tuple)):
+                return [x.squeeze(-1).to(device=self.device, dtype=self.dtype) for x in images]
+            return images.squeeze(-1).to(device=self.device, dtype=self.dtype)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self.features(images, **tower_inputs)
         with torch.no_grad():

@@ -92,6 +92,9 @@ class DataArguments(llava_train.DataArguments):
     image_grid_pinpoints: Optional[str] = field(default=None, metadata={
         "help": "anyres grid resolutions, e.g. \"[(448, 896), (896, 448), (896, 896)]\""})
     strict_data: bool = field(default=False, metadata={"help": "Stop on the first bad sample instead of skipping it."})
+    feature_cache: Optional[str] = field(default=None, metadata={
+        "help": "Read the frozen tower's features from this folder (llava-dpa cache-features) instead of encoding "
+                "every image (stage 1, or any stage where the tower is frozen)."})
 
 
 # transformers 5 folded --warmup_ratio into --warmup_steps (a float below 1 is a ratio); LLaVA's scripts pass it.
@@ -373,6 +376,16 @@ def validate(run: RunConfig) -> None:
         raise RunConfigError("--lora_parts without --lora_enable True: add --lora_enable True or drop --lora_parts")
     tower_trains = (not s1) and (run.is_perceiver and not m.freeze_perceiver or m.unfreeze_mm_vision_tower) \
         or bool(run.aux_loss_weight)
+    if d.feature_cache:
+        if run.tower_kind is TowerKind.NONE:
+            raise RunConfigError("--feature_cache without a --vision_tower: there are no image features to read")
+        if tower_trains:
+            raise RunConfigError(f"--feature_cache with a tower that trains in this stage {int(stage)} run: cached "
+                                 f"features are those of the frozen tower; use the cache in stage 1 (or with the tower "
+                                 f"frozen), not with --unfreeze_mm_vision_tower / a trainable perceiver")
+        if run.qwen_vl_perceiver or m.perceiver_instruction_context:
+            raise RunConfigError("--feature_cache: this perceiver reads the sample's text, so its features are not a "
+                                 "function of the image alone; drop --feature_cache")
     if t.mm_vision_tower_lr is not None and not tower_trains:
         raise RunConfigError(f"--mm_vision_tower_lr is set but no vision tower trains in this stage {int(stage)} run "
                              f"(stage 2 with --unfreeze_mm_vision_tower True, or a trainable perceiver)")

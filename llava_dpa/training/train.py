@@ -16,8 +16,8 @@ from llava_dpa.loading import load_tokenizer
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
-from llava_dpa.training.run_config import (RunConfig, Stage, apply_model_config, check_against_tower, check_resume,
-                                           parse_run_config, write_run_config)
+from llava_dpa.training.run_config import (RunConfig, RunConfigError, Stage, apply_model_config, check_against_tower,
+                                           check_resume, parse_run_config, write_run_config)
 from llava_dpa.training.trainability import apply_trainability, trainability_table
 from llava_dpa.training.trainer import DPATrainer, SkippedSamplesCallback, complete_checkpoints
 
@@ -42,7 +42,20 @@ def setup_vision(model, run: RunConfig, tokenizer):
     return tower
 
 
-def data_spec(run: RunConfig, tower, tokenizer) -> DataSpec:
+def open_feature_cache(run: RunConfig, tower, tokenizer):
+    """--feature_cache: the reader, after checking the cache was built by this tower with this preprocessing."""
+    from llava_dpa.data.feature_cache import FeatureCacheError, FeatureCacheReader, manifest_for, refuse_unsupported
+
+    try:
+        refuse_unsupported(tower, run.model.perceiver_instruction_context)
+        reader = FeatureCacheReader(run.data.feature_cache, manifest_for(tower, data_spec(run, tower, tokenizer)))
+    except FeatureCacheError as exc:
+        raise RunConfigError(str(exc)) from None
+    tower.reads_cached_features = True
+    return reader
+
+
+def data_spec(run: RunConfig, tower, tokenizer, feature_cache=None) -> DataSpec:
     from llava.conversation import conv_templates
 
     from llava_dpa.perceiver.aux_loss import aux_data_for
@@ -53,7 +66,8 @@ def data_spec(run: RunConfig, tower, tokenizer) -> DataSpec:
                     tokens_per_image=tower.num_patches if tower is not None else 0,
                     tokens_for=getattr(tower, "tokens_for", None) if getattr(tower, "per_image_features", False) else None,
                     mm_use_im_start_end=run.model.mm_use_im_start_end, strict=run.data.strict_data,
-                    perceiver_aux=aux_data_for(tower, run) if run.aux_loss_weight else None)
+                    perceiver_aux=aux_data_for(tower, run) if run.aux_loss_weight else None,
+                    feature_cache=feature_cache)
 
 
 def save_final(trainer, model, tokenizer, run: RunConfig) -> None:
@@ -102,6 +116,11 @@ def train(attn_implementation=None, argv=None):
     run = parse_run_config(argv, attn_implementation)
     last = prepare_output_dir(run)
 
+    # The parts a run creates (the projector, a random tower) are drawn from --seed; llava left them to whatever
+    # state the process's generator was in, so two identical commands started from different projectors.
+    import transformers
+
+    transformers.set_seed(run.training.seed)
     model = load_target(run)
     tokenizer = load_tokenizer(run.model.model_name_or_path, cache_dir=run.training.cache_dir,
                                model_max_length=run.training.model_max_length, padding_side="right")
@@ -119,7 +138,8 @@ def train(attn_implementation=None, argv=None):
     if run.training.bits in (4, 8):
         cast_for_kbit(model, run)
 
-    data_module = make_supervised_data_module(tokenizer, run.data.data_path, data_spec(run, tower, tokenizer))
+    cache = open_feature_cache(run, tower, tokenizer) if run.data.feature_cache else None
+    data_module = make_supervised_data_module(tokenizer, run.data.data_path, data_spec(run, tower, tokenizer, cache))
     trainer = DPATrainer(run=run, model=model, processing_class=tokenizer, args=run.training, **data_module)
     trainer.add_callback(SkippedSamplesCallback(data_module["train_dataset"]))
     if run.training.mir_probe_images:
