@@ -132,6 +132,42 @@ class LazySupervisedDataset(Dataset):
             out.append(n if image_files_of(s) else -n)
         return out
 
+    def expanded_length(self, i: int) -> int:
+        """Tokens the target reads for sample i: its text tokens plus each image's visual tokens (an upper
+        bound for anyres, whose exact count depends on the tiles' unpadding)."""
+        from llava_dpa.data.preprocess import preprocess
+
+        spec, sample = self.spec, self.list_data_dict[i]
+        files = image_files_of(sample)
+        conversations = copy.deepcopy(sample.get("conversations") or [])
+        if len(files) == 1:
+            conversations = move_single_placeholder_first(conversations, spec.mm_use_im_start_end)
+        try:
+            ids = preprocess([conversations], self.tokenizer, spec.conversation, has_image=bool(files))["input_ids"][0]
+        except (ValueError, AssertionError, KeyError):
+            return 1  # a bad sample; __getitem__ skips it (or stops with --strict_data)
+        text = int((ids != IMAGE_TOKEN_INDEX).sum())
+        return min(text + sum(self.visual_tokens(i, f) for f in files), self.tokenizer.model_max_length)
+
+    def visual_tokens(self, i: int, image_file: str) -> int:
+        spec = self.spec
+        if spec.tokens_for is None and spec.image_aspect_ratio != "anyres":
+            return spec.tokens_per_image
+        path = os.path.join(spec.image_folder or "", image_file)
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except (OSError, UnidentifiedImageError):
+            return spec.tokens_per_image
+        if spec.tokens_for is not None:
+            return spec.tokens_for(*size)
+        from llava.mm_utils import select_best_resolution
+
+        side = spec.image_processor.crop_size["height"]
+        width, height = select_best_resolution(size, [tuple(p) for p in spec.image_grid_pinpoints])
+        per_side = int(round(spec.tokens_per_image ** 0.5))
+        return (1 + (width // side) * (height // side)) * spec.tokens_per_image + (height // side) * per_side
+
     def sample_name(self, i: int) -> str:
         sid = self.list_data_dict[i].get("id")
         return f"sample #{i}" + (f" (id {sid!r})" if sid is not None else "")

@@ -33,12 +33,17 @@ class LlavaCausalLMMixin:
                 use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
                 output_hidden_states: Optional[bool] = None, images=None, image_sizes=None,
                 return_dict: Optional[bool] = None, cache_position=None, perceiver_input_ids=None,
-                perceiver_labels=None, perceiver_attention_mask=None, **kwargs):
+                perceiver_labels=None, perceiver_attention_mask=None, packed: bool = False, **kwargs):
         original_images = images
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(
                 input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
+        if packed:  # one pack: the spliced samples end to end, each attending to itself (data/packing.py)
+            from llava_dpa.data.packing import pack_rows
+
+            inputs_embeds, block, position_ids, labels = pack_rows(inputs_embeds, attention_mask, labels)
+            attention_mask = None if self.config._attn_implementation == "flash_attention_2" else block
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                               use_cache=use_cache, output_attentions=output_attentions,

@@ -106,6 +106,9 @@ class TrainingArguments(llava_train.TrainingArguments):
     mm_vision_tower_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the (perceiver) ViT."})
     perceiver_lr: Optional[float] = field(default=None, metadata={
         "help": "Learning rate of the perceiver's projector, LM blocks and LM head (default: --learning_rate)."})
+    packing_budget: Optional[int] = field(default=None, metadata={
+        "help": "Padding-free packing: each batch is a pack of samples of at most this many tokens, image tokens "
+                "included (data/packing.py); set --per_device_train_batch_size 1."})
     lora_parts: list[str] = field(default_factory=lambda: ["language_model"], metadata={
         "help": "Parts that get LoRA adapters with --lora_enable (see llava_dpa.training.parts); the others "
                 "train in full or stay frozen as the stage says."})
@@ -376,6 +379,20 @@ def validate(run: RunConfig) -> None:
         raise RunConfigError("--lora_parts without --lora_enable True: add --lora_enable True or drop --lora_parts")
     tower_trains = (not s1) and (run.is_perceiver and not m.freeze_perceiver or m.unfreeze_mm_vision_tower) \
         or bool(run.aux_loss_weight)
+    if t.packing_budget is not None:
+        if t.packing_budget < t.model_max_length:
+            raise RunConfigError(f"--packing_budget {t.packing_budget} is below --model_max_length {t.model_max_length}: "
+                                 f"a sample that fits the model would not fit a pack; raise the budget")
+        if t.per_device_train_batch_size != 1:
+            raise RunConfigError(f"--packing_budget with --per_device_train_batch_size {t.per_device_train_batch_size}: "
+                                 f"a pack is the batch; pass --per_device_train_batch_size 1 and size the batch with "
+                                 f"--packing_budget")
+        if t.group_by_modality_length:
+            raise RunConfigError("--packing_budget with --group_by_modality_length True: packing decides the batches; "
+                                 "drop --group_by_modality_length")
+        if run.aux_loss_weight:
+            raise RunConfigError("--packing_budget with --perceiver_aux_loss_weight: the auxiliary loss reads padded "
+                                 "rows of the perceiver's own tokenization; train it without packing")
     if d.feature_cache:
         if run.tower_kind is TowerKind.NONE:
             raise RunConfigError("--feature_cache without a --vision_tower: there are no image features to read")

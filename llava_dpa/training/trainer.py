@@ -62,6 +62,26 @@ class DPATrainer(LLaVATrainer):
     def stage(self) -> Stage:
         return self.run.stage
 
+    def get_train_dataloader(self):
+        budget = self.run.training.packing_budget
+        if budget is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        from llava_dpa.data.packing import PackedBatchSampler
+
+        dataset = self.train_dataset
+        lengths = [dataset.expanded_length(i) for i in range(len(dataset))]
+        sampler = PackedBatchSampler(lengths, budget, seed=self.args.seed)
+        collate = self.data_collator
+
+        def packed(instances):
+            return {**collate(instances), "packed": True}
+
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=packed,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         if model.training:  # throughput since the last log line: samples, and positions the target computed

@@ -1,0 +1,73 @@
+"""Padding-free packing for training (`--packing_budget N`).
+
+Samples are grouped into packs whose expanded length (text tokens plus each image's visual tokens: anyres
+tiles, perceiver outputs, native-resolution counts) stays within N tokens; one pack is one training batch.
+The model splices every sample's images as usual, then lays the samples end to end in one row
+(`pack_rows`): each sample attends only to itself (a block-diagonal causal mask with sdpa or eager;
+position ids that restart per sample, which flash-attention-2 reads as varlen boundaries), and no label
+crosses a sample boundary. The target thus computes no padding at all.
+
+The order is a deterministic function of --seed and the epoch (a seeded shuffle, then first-fit in that
+order), so a resumed run, which skips the batches it already trained, sees the same packs.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from llava_dpa.data.tokenization import IGNORE_INDEX
+
+
+class PackedBatchSampler:
+    """Batches of sample indices, each a pack of at most `budget` expanded tokens (a longer sample alone)."""
+
+    def __init__(self, lengths: list[int], budget: int, seed: int = 0):
+        self.lengths, self.budget, self.seed, self.epoch = list(lengths), int(budget), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def packs(self, epoch: int | None = None) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        random.Random(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch)).shuffle(order)
+        packs, current, used = [], [], 0
+        for i in order:
+            n = self.lengths[i]
+            if current and used + n > self.budget:
+                packs.append(current)
+                current, used = [], 0
+            current.append(i)
+            used += n
+        if current:
+            packs.append(current)
+        return packs
+
+    def __iter__(self):
+        return iter(self.packs())
+
+    def __len__(self) -> int:
+        return len(self.packs())
+
+
+def pack_rows(inputs_embeds, attention_mask, labels):
+    """Padded rows [B, L, d] (after the image splice) -> one row of the rows' real positions end to end, with its
+    block-diagonal causal mask [1, 1, T, T] (additive), restarting positions and boundary-safe labels."""
+    mask = attention_mask.bool() if attention_mask is not None else torch.ones(inputs_embeds.shape[:2], dtype=torch.bool,
+                                                                                device=inputs_embeds.device)
+    lengths = mask.sum(1).tolist()
+    embeds = inputs_embeds[mask].unsqueeze(0)
+    positions = torch.cat([torch.arange(n, device=embeds.device) for n in lengths]).unsqueeze(0)
+    packed_labels = None
+    if labels is not None:
+        rows = [labels[i][mask[i]].clone() for i in range(labels.shape[0])]
+        for row in rows:  # the first token of a sample is never a target: nothing before it belongs to it
+            row[:1] = IGNORE_INDEX
+        packed_labels = torch.cat(rows).unsqueeze(0)
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=embeds.device),
+                                      torch.tensor(lengths, device=embeds.device))
+    allowed = (segment[:, None] == segment[None, :]) & torch.ones(len(segment), len(segment), dtype=torch.bool,
+                                                                    device=embeds.device).tril()
+    block = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+    block.masked_fill_(~allowed, torch.finfo(embeds.dtype).min)
+    return embeds, block[None, None], positions, packed_labels
