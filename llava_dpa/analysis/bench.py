@@ -294,8 +294,9 @@ def print_report(report: dict) -> None:
         q = f"{row['measured_over_analytic']:.3f}" if row["measured_over_analytic"] else "n/a"
         print(f"{op:24s}{row['measured']:10.3f}{a:>10s}{q:>10s}")
     print("throughput, DPA / baseline: inverse of the time ratio (paper Table 5: inference 0.94, training cost 1.14)")
-    print(f"{'seconds per component':24s}" + "".join(f"{c:>11s}" for c in (*COMPONENTS, "rest", "total")))
-    for op in ("prefill", "train_stage2"):
+    print("seconds per component (forward; a training step's backward is in rest)")
+    print(f"{'':24s}" + "".join(f"{c[:10]:>11s}" for c in (*COMPONENTS, "rest", "total")))
+    for op in ("prefill", "train_stage2", "train_stage1"):
         for name in ("DPA", "baseline"):
             r = report["seconds"][name][op]
             print(f"{op + ' ' + name:24s}" + "".join(f"{r['components'][c]:11.4f}" for c in (*COMPONENTS, "rest"))

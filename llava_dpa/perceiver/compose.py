@@ -37,7 +37,7 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
                                  pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type=projector)
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(model_args)
-    if not projector_weights:
+    if not projector_weights and projector == "qwen_merger":
         from llava_dpa.projectors.official import adopt_pretrained_merger
 
         print(adopt_pretrained_merger(model))
