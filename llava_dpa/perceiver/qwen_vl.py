@@ -12,6 +12,10 @@ reads the image at native resolution with 3-D M-RoPE positions. Three kinds are 
 
 Everything the model needs is one normalised `spec` dict (recorded in the target's config), so a trained
 DPA checkpoint rebuilds its perceiver with the perceiver folder gone.
+
+The parts are built with their constructors, not `_from_config`: under DeepSpeed ZeRO-3, transformers 4.57's
+`_from_config` builds inside `zero.Init`, whose empty partitions break the embedding's padding-row init; the
+outer loader fills (and partitions) the weights as it does for every tower.
 """
 from __future__ import annotations
 
@@ -97,21 +101,21 @@ def _text_model(spec: dict, attn_implementation: str) -> nn.Module:
 
         config = Qwen2_5_VLTextConfig(**mrope_text_config(text, spec["mrope_section"]))
         config._attn_implementation = attn_implementation
-        return Qwen2_5_VLTextModel._from_config(config)
+        return Qwen2_5_VLTextModel(config)
     if kind == "qwen3_vl_text":
         from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
         from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
 
         config = Qwen3VLTextConfig(**mrope_text_config(text, spec["mrope_section"], interleaved=True))
         config._attn_implementation = attn_implementation
-        return Qwen3VLTextModel._from_config(config)
+        return Qwen3VLTextModel(config)
     if kind == "qwen3_mrope":
         from transformers import Qwen3Config
         from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 
         config = Qwen3Config(**{k: v for k, v in text.items() if k != "model_type"})
         config._attn_implementation = attn_implementation
-        model = Qwen3Model._from_config(config)
+        model = Qwen3Model(config)
         rotary = spec["rotary"]
         if rotary["head_dim"] != config.head_dim:
             raise QwenVLPerceiverError(f"the perceiver's rotary settings are for head_dim {rotary['head_dim']}, its LM's "
@@ -138,7 +142,7 @@ class QwenVLPerceiver(nn.Module):
 
             vision = Qwen2_5_VLVisionConfig(**spec["vision_config"])
         vision._attn_implementation = attn_implementation
-        self.visual = vision_cls._from_config(vision)
+        self.visual = vision_cls(vision)
         self.language_model = _text_model(spec, attn_implementation)
         width = self.language_model.config.hidden_size
         if vision.out_hidden_size != width:
