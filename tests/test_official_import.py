@@ -150,6 +150,18 @@ def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
     run([PY, "-m", "llava.eval.model_vqa_loader", "--model-path", out, "--image-folder", images, "--question-file",
          questions, "--answers-file", answers, "--temperature", "0", "--max_new_tokens", "3"])
     assert [json.loads(line)["question_id"] for line in answers.read_text().splitlines()] == [0, 1]
+    from PIL import Image
+
+    from llava_dpa.eval.lmms_model import LlavaDPA
+
+    lmms = LlavaDPA(pretrained=str(out), device="cpu", dtype="float32")   # the lmms-eval model
+    picture = Image.open(images / "tall.png").convert("RGB")
+
+    class Request:
+        args = ("What is shown?", {"max_new_tokens": 2, "do_sample": False}, lambda doc: [picture], 0, "t", "test")
+
+    lmms.task_dict = {"t": {"test": [{}]}}
+    assert len(lmms.generate_until([Request()])) == 1
 
     data = tmp_path / "data.json"
     data.write_text(json.dumps([{"id": str(i), "image": f, "conversations": [

@@ -139,15 +139,17 @@ def test_qlora_on_the_target_and_the_perceiver_lm(official, tmp_path):
     assert not any("lora_" in n for n, _ in model.named_parameters())
 
 
-def test_zero3_loads_the_perceiver_into_partitioned_parameters(official, tmp_path):
+@pytest.mark.parametrize("zero, port", [("zero2", "29533"), ("zero3", "29531")])
+def test_deepspeed_loads_and_trains_the_perceiver(official, tmp_path, zero, port):
+    """ZeRO-3: the perceiver's weights are loaded into partitioned parameters; ZeRO-2: plain data parallel."""
     from safetensors.torch import load_file
 
     root, _, zoo = official
-    out = tmp_path / "zero3"
+    out = tmp_path / zero
     argv = stage_argv(zoo, tmp_path, DPA, 2, zoo["native_perceiver"], extra=[
         "--pretrain_mm_mlp_adapter", str(root / f"{DPA}-stage1" / "mm_projector.bin"), "--output_dir", str(out),
-        "--deepspeed", str(REPO / "scripts/train/deepspeed/zero3.json")])
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}
+        "--deepspeed", str(REPO / f"scripts/train/deepspeed/{zero}.json")])
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     run(argv, env=env, timeout=900)
     saved = load_file(out / "model.safetensors")
     original = load_file(f"{zoo['native_perceiver']}/model.safetensors")

@@ -154,10 +154,13 @@ class VisionTower(nn.Module, ABC):
             if isinstance(images, (list, tuple)):
                 return [x.squeeze(-1).to(device=self.device, dtype=self.dtype) for x in images]
             return images.squeeze(-1).to(device=self.device, dtype=self.dtype)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        grad = torch.is_grad_enabled()
+        if grad and any(p.requires_grad for p in self.parameters()):
             return self.features(images, **tower_inputs)
         with torch.no_grad():
-            if self.training:
+            # Memoised only where the caller itself runs without autograd (inference): a stored tensor must
+            # never meet a graph that would save it for backward.
+            if self.training or grad:
                 return self.features(images, **tower_inputs)
             return self.memoised_features(images, tower_inputs)
 
@@ -180,7 +183,7 @@ class VisionTower(nn.Module, ABC):
             digest.update(str((tuple(image.shape), image.dtype)).encode())
             digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         weights = sum(p._version for p in self.parameters())  # bumped by every in-place update (training, loading)
-        key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype)
+        key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype, torch.is_inference_mode_enabled())
         memo = self.__dict__.setdefault("_memo", {})
         if key not in memo:
             if len(memo) >= self.MEMO_SIZE:
