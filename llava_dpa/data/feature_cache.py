@@ -97,11 +97,14 @@ class FeatureCacheReader:
         index = self.folder / "index.json"
         self.index = json.loads(index.read_text()) if index.is_file() else {}
         self._shards: dict = {}
+        self._keys: dict = {}
 
     def features(self, path: str) -> tuple[torch.Tensor, tuple[int, int]]:
         from safetensors import safe_open
 
-        key = image_key(path)
+        stat = os.stat(path)  # hash a file once per process, not once per sample per epoch
+        known = (path, stat.st_size, stat.st_mtime_ns)
+        key = self._keys.get(known) or self._keys.setdefault(known, image_key(path))
         entry = self.index.get(key)
         if entry is None:
             raise KeyError(f"image {path} is not in --feature_cache {self.folder}; run llava-dpa cache-features on "
