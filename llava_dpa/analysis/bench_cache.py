@@ -60,13 +60,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from llava_dpa.analysis.bench_models import add_training_bench_arguments
+
     p = sub.add_parser("bench-cache", help="stage-1 time of DPA and its baseline with and without --feature_cache")
-    p.add_argument("--preset", default="qwen3-4b")
-    p.add_argument("--scale", type=float, default=0.1)
-    p.add_argument("--samples", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--output", default=None)
+    add_training_bench_arguments(p, image_size=224)
     p.set_defaults(func=run)

@@ -117,3 +117,14 @@ def describe(configs: dict) -> str:
     return (f"target d={t['hidden_size']} L={t['num_hidden_layers']}, perceiver LM d={p['hidden_size']} "
             f"L={p['num_hidden_layers']}, ViT d={v['hidden_size']} L={v['depth']} (out {v['out_hidden_size']})")
 
+
+def add_training_bench_arguments(p, image_size: int, batch_help: str = "--per_device_train_batch_size") -> None:
+    """The arguments every one-epoch training bench on the built pair takes (bench-packing, bench-cache)."""
+    p.add_argument("--preset", default="qwen3-4b")
+    p.add_argument("--scale", type=float, default=0.1)
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8, help=batch_help)
+    p.add_argument("--image-size", type=int, default=image_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="show the training runs' output")
+    p.add_argument("--output", default=None, help="also write the results as JSON here")

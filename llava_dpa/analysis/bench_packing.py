@@ -82,16 +82,11 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from llava_dpa.analysis.bench_models import add_training_bench_arguments
+
     p = sub.add_parser("bench-packing", help="training samples/s with and without --packing_budget")
-    p.add_argument("--preset", default="qwen3-4b")
-    p.add_argument("--scale", type=float, default=0.1)
-    p.add_argument("--samples", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8, help="the padded run's --per_device_train_batch_size")
+    add_training_bench_arguments(p, image_size=112, batch_help="the padded run's --per_device_train_batch_size")
     p.add_argument("--budget", type=int, default=4096, help="the packed run's --packing_budget")
     p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--text-only", type=float, default=0.3, help="share of text-only samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--output", default=None)
     p.set_defaults(func=run)
