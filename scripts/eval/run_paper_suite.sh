@@ -105,9 +105,9 @@ else
   lmms=("$PYTHON" -m lmms_eval)
 fi
 
-# lmms_eval TASKS OUTPUT [GEN_KWARGS [JUDGE [MODEL_ARGS]]]: one lmms-eval process (JUDGE: its MODEL_VERSION;
+# run_lmms TASKS OUTPUT [GEN_KWARGS [JUDGE [MODEL_ARGS]]]: one lmms-eval process (JUDGE: its MODEL_VERSION;
 # MODEL_ARGS: added to the model's)
-lmms_eval() {
+run_lmms() {
   local gen=() judge=() args=$model_args
   [ -n "${3:-}" ] && gen=(--gen_kwargs "$3")
   [ -n "${4:-}" ] && judge=(env "MODEL_VERSION=$4")
@@ -119,7 +119,7 @@ lmms_eval() {
 if [ "$PROTOCOL" = default ]; then
   tasks=$TEXT_TASKS
   [ -z "${LLM_ONLY:-}" ] && tasks="$MM_TASKS,$TEXT_TASKS"
-  lmms_eval "$tasks" "$OUT/lmms_eval"
+  run_lmms "$tasks" "$OUT/lmms_eval"
 else
   if [ -z "${LLM_ONLY:-}" ]; then
     mm_judged=() mmvet=()
@@ -128,15 +128,15 @@ else
       if [ "$task" = mmvet ]; then mmvet=(mmvet); else mm_judged+=("$task"); fi
     done
     if [ ${#mm_judged[@]} -gt 0 ]; then
-      lmms_eval "$(IFS=,; echo "${mm_judged[*]}")" "$OUT/lmms_eval/multimodal" "$OFFICIAL_MM_GEN" "$JUDGE_MODEL" \
+      run_lmms "$(IFS=,; echo "${mm_judged[*]}")" "$OUT/lmms_eval/multimodal" "$OFFICIAL_MM_GEN" "$JUDGE_MODEL" \
           "system_prompt=$OFFICIAL_SYSTEM_PROMPT"
     fi
     if [ ${#mmvet[@]} -gt 0 ]; then
-      lmms_eval mmvet "$OUT/lmms_eval/mmvet" "$OFFICIAL_MM_GEN" "$MMVET_JUDGE_MODEL" \
+      run_lmms mmvet "$OUT/lmms_eval/mmvet" "$OFFICIAL_MM_GEN" "$MMVET_JUDGE_MODEL" \
           "system_prompt=$OFFICIAL_SYSTEM_PROMPT"
     fi
   fi
-  lmms_eval "$TEXT_TASKS" "$OUT/lmms_eval/text" "$OFFICIAL_TEXT_SAMPLING,presence_penalty=1.5,max_new_tokens=32768"
+  run_lmms "$TEXT_TASKS" "$OUT/lmms_eval/text" "$OFFICIAL_TEXT_SAMPLING,presence_penalty=1.5,max_new_tokens=32768"
 fi
 
 if [ -z "${SKIP_MMLU_REDUX:-}" ]; then
