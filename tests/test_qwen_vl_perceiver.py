@@ -76,30 +76,36 @@ def test_native_processor_equals_qwen2_vl_image_processor():
         assert ours.tokens_for(*image.size) == grid[1] * grid[2] // 4
 
 
+def reference_states(reference, tower, pixels, features):
+    """Hugging Face's own model on the sequence the tower built: prefix, then each image's delimiters and pads;
+    the hidden states from the first image on."""
+    from llava_dpa.data.native_resolution import patchify
+    from llava_dpa.perceiver.mrope import image_positions
+
+    spec = tower.spec
+    counts = [f.shape[0] - 2 for f in features]
+    ids = torch.tensor([tower.prefix_ids + sum(([spec["vision_start_token_id"]] + [spec["image_token_id"]] * n +
+                                                [spec["vision_end_token_id"]] for n in counts), [])])
+    grids = [(1, x.shape[1] // 4, x.shape[2] // 4) for x in pixels]
+    with torch.no_grad():
+        out = reference.eval()(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=torch.tensor(grids),
+                               pixel_values=torch.cat([patchify(x, 4, 2, 2) for x in pixels]),
+                               position_ids=image_positions(ids, None, grids, spec["image_token_id"], 2))
+    return out.last_hidden_state[0, len(tower.prefix_ids):]
+
+
 @pytest.mark.fast
 def test_stock_qwen2_5_vl_features_equal_its_own_model(zoo):
     from transformers import Qwen2_5_VLModel
-
-    from llava_dpa.data.native_resolution import patchify
-    from llava_dpa.perceiver.mrope import image_positions
 
     tower = tower_for("dpa:" + zoo["qwen2_5_vl"], zoo)
     assert type(tower).__name__ == "QwenVLPerceiverTower"
     pixels = tower.image_processor(images((24, 40), (40, 24)))["pixel_values"]
     features = tower(pixels, contexts=[[[], []]])
-    spec = tower.spec
     counts = [f.shape[0] - 2 for f in features]
     assert counts == [15, 15] and all(f.shape[1] == tower.hidden_size for f in features)
-    ids = tower.prefix_ids + sum(([spec["vision_start_token_id"]] + [spec["image_token_id"]] * n +
-                                  [spec["vision_end_token_id"]] for n in counts), [])
-    ids = torch.tensor([ids])
-    grids = [(1, x.shape[1] // 4, x.shape[2] // 4) for x in pixels]
-    reference = Qwen2_5_VLModel.from_pretrained(zoo["qwen2_5_vl"], attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        out = reference(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=torch.tensor(grids),
-                        pixel_values=torch.cat([patchify(x, 4, 2, 2) for x in pixels]),
-                        position_ids=image_positions(ids, None, grids, spec["image_token_id"], 2))
-    hidden = out.last_hidden_state[0, len(tower.prefix_ids):]
+    reference = Qwen2_5_VLModel.from_pretrained(zoo["qwen2_5_vl"], attn_implementation="sdpa")
+    hidden = reference_states(reference, tower, pixels, features)
     assert (hidden - torch.cat(features)).abs().max() < 1e-5
     only = tower_for("dpa:" + zoo["qwen2_5_vl"], zoo, perceiver_visual_positions_only=True)(pixels, contexts=[[[], []]])
     assert (torch.cat(only) - torch.cat([f[1:-1] for f in features])).abs().max() < 1e-6
@@ -110,25 +116,13 @@ def test_stock_qwen3_vl_features_equal_its_own_model(zoo):
     """Qwen3-VL: interleaved M-RoPE and the ViT's deepstack features added to the LM's first layers."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    from llava_dpa.data.native_resolution import patchify
-    from llava_dpa.perceiver.mrope import image_positions
-
     tower = tower_for("dpa:" + zoo["qwen3_vl"], zoo)
     assert tower.spec["text_model"] == "qwen3_vl_text" and tower.image_processor.image_mean == [0.5] * 3
     pixels = tower.image_processor(images((24, 40), (40, 16)))["pixel_values"]
     features = tower(pixels, contexts=[[[], []]])
-    spec = tower.spec
-    counts = [f.shape[0] - 2 for f in features]
-    ids = torch.tensor([tower.prefix_ids + sum(([spec["vision_start_token_id"]] + [spec["image_token_id"]] * n +
-                                                [spec["vision_end_token_id"]] for n in counts), [])])
-    grids = [(1, x.shape[1] // 4, x.shape[2] // 4) for x in pixels]
     # the whole model, then its inner one: 4.57's Qwen3VLModel.from_pretrained misses the saved `model.` prefix
-    reference = Qwen3VLForConditionalGeneration.from_pretrained(zoo["qwen3_vl"], attn_implementation="sdpa").model.eval()
-    with torch.no_grad():
-        out = reference(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=torch.tensor(grids),
-                        pixel_values=torch.cat([patchify(x, 4, 2, 2) for x in pixels]),
-                        position_ids=image_positions(ids, None, grids, spec["image_token_id"], 2))
-    hidden = out.last_hidden_state[0, len(tower.prefix_ids):]
+    reference = Qwen3VLForConditionalGeneration.from_pretrained(zoo["qwen3_vl"], attn_implementation="sdpa").model
+    hidden = reference_states(reference, tower, pixels, features)
     assert (hidden - torch.cat(features)).abs().max() < 1e-5
 
 

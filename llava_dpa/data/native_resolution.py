@@ -109,3 +109,29 @@ def patchify(image: torch.Tensor, patch_size: int, merge_size: int, temporal_pat
         raise NativeResolutionError(f"an image of {w}x{h} pixels is not made of {p * m}-pixel merged patches")
     x = image.unsqueeze(0).expand(t, c, h, w).reshape(t, c, gh // m, m, p, gw // m, m, p)
     return x.permute(2, 5, 3, 6, 1, 0, 4, 7).reshape(gh * gw, c * t * p * p)
+
+
+def whole_images(images, device, dtype) -> list[torch.Tensor]:
+    """A batch as LLaVA passes it ([B, 3, H, W], or a list of [3, H, W] / [1, 3, H, W] of different sizes) ->
+    one [3, H, W] tensor per image, on the tower's device and dtype."""
+    if torch.is_tensor(images):
+        images = list(images) if images.ndim == 4 else [images]
+    out = []
+    for x in images:
+        if x.ndim == 4:
+            if x.shape[0] != 1:
+                raise NativeResolutionError(f"an image arrived as {x.shape[0]} tiles; a tower at native resolution "
+                                            f"reads whole images (--image_aspect_ratio native)")
+            x = x[0]
+        out.append(x.to(device=device, dtype=dtype))
+    return out
+
+
+def patches_and_grids(images: list[torch.Tensor], vision_config) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Whole images -> (all their patches, concatenated; their [1, h, w] patch grids; each one's merged-token
+    count), the inputs of a Qwen-VL vision model."""
+    p, m, t = vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size
+    grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
+    patches = torch.cat([patchify(x, p, m, t) for x in images])
+    grid = torch.tensor(grids, device=patches.device)
+    return patches, grid, [h * w // (m * m) for _, h, w in grids]

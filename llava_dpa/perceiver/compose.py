@@ -144,15 +144,11 @@ def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: 
             "origin": {"vision": vision, "language_model": language_model, "seed": seed}}
     torch.manual_seed(seed)
     model = QwenVLPerceiver(spec)
-    vit_state = W.load_state_dict(vision)
-    for prefix in ("model.visual.", "visual.", ""):
-        sub = {k[len(prefix):]: v for k, v in vit_state.items() if k.startswith(prefix) and "merger.ln_q" in k[len(prefix):]}
-        if sub:
-            break
-    visual = {k[len(prefix):]: v for k, v in vit_state.items() if k.startswith(prefix)}
+    from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
+
+    visual = W.select_submodule_state(W.load_state_dict(vision), model.visual, Qwen2_5_VLTower.checkpoint_prefixes, vision)
     keep_mlp = pretrained_width == lm_config["hidden_size"]
-    visual = {k: v for k, v in visual.items() if k in model.visual.state_dict() and (keep_mlp or "merger.mlp." not in k)}
-    model.visual.load_state_dict(visual, strict=False)
+    model.visual.load_state_dict({k: v for k, v in visual.items() if keep_mlp or "merger.mlp." not in k}, strict=keep_mlp)
     lm_state = {k[len("model."):]: v for k, v in W.load_state_dict(language_model).items() if k.startswith("model.")}
     embed = lm_state["embed_tokens.weight"]
     if embed.shape[0] < lm_config["vocab_size"]:

@@ -36,6 +36,13 @@ def _rope_of(config: dict) -> dict:
     return config.get("rope_parameters") or config.get("rope_scaling") or {}
 
 
+def _token_ids(config: dict) -> dict:
+    """The vision tokens' ids a Qwen-VL config names (Qwen's own when it names none)."""
+    return {"image_token_id": config.get("image_token_id", 151655),
+            "vision_start_token_id": config.get("vision_start_token_id", 151652),
+            "vision_end_token_id": config.get("vision_end_token_id", 151653)}
+
+
 def spec_from_config(config: dict, source: str) -> dict:
     """The normalised spec of a perceiver folder's config.json: this project's own format, or a stock
     Qwen2.5-VL checkpoint. Anything else is refused, naming what it is."""
@@ -49,9 +56,7 @@ def spec_from_config(config: dict, source: str) -> dict:
         return {"model_type": SPEC_TYPE, "source_format": "qwen2_5_vl", "text_model": "qwen2_5_vl_text",
                 "vision_config": {k: v for k, v in config["vision_config"].items() if k != "model_type"},
                 "text_config": text, "mrope_section": list(section),
-                "image_token_id": config.get("image_token_id", 151655),
-                "vision_start_token_id": config.get("vision_start_token_id", 151652),
-                "vision_end_token_id": config.get("vision_end_token_id", 151653)}
+                **_token_ids(config)}
     if model_type == "qwen3_vl":
         try:
             import transformers.models.qwen3_vl  # noqa: F401
@@ -63,9 +68,7 @@ def spec_from_config(config: dict, source: str) -> dict:
         return {"model_type": SPEC_TYPE, "source_format": "qwen3_vl", "text_model": "qwen3_vl_text",
                 "vision_config": {k: v for k, v in config["vision_config"].items() if k != "model_type"},
                 "text_config": text, "mrope_section": list(_rope_of(text)["mrope_section"]),
-                "image_token_id": config.get("image_token_id", 151655),
-                "vision_start_token_id": config.get("vision_start_token_id", 151652),
-                "vision_end_token_id": config.get("vision_end_token_id", 151653)}
+                **_token_ids(config)}
     if model_type == "qwen3_vl_moe":
         raise QwenVLPerceiverError(f"{source} is a Qwen3-VL MoE checkpoint; the Qwen-VL perceiver reads dense "
                                    f"Qwen2.5-VL and Qwen3-VL models")

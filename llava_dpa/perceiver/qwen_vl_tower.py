@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from llava_dpa.data.native_resolution import NativeResolutionProcessor, patchify
+from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
@@ -210,26 +210,13 @@ class QwenVLPerceiverTower(VisionTower):
 
     # ---- features ------------------------------------------------------------------------------------
     def features(self, images, contexts=None):
-        images = self._as_list(images)
+        images = whole_images(images, self.device, self.dtype)
         if contexts is None:  # no sample structure given: each image on its own after the prefix
             contexts = [[[]] for _ in images]
         if sum(len(c) for c in contexts) != len(images):
             raise QwenVLPerceiverError(f"{len(images)} images for {sum(len(c) for c in contexts)} image slots in the "
                                        f"batch")
         return self.encode(images, contexts)
-
-    def _as_list(self, images) -> list[torch.Tensor]:
-        if torch.is_tensor(images):
-            images = list(images) if images.ndim == 4 else [images]
-        out = []
-        for x in images:
-            if x.ndim == 4:
-                if x.shape[0] != 1:
-                    raise QwenVLPerceiverError(f"an image arrived as {x.shape[0]} tiles; the Qwen-VL perceiver reads "
-                                               f"whole images (--image_aspect_ratio native)")
-                x = x[0]
-            out.append(x.to(device=self.device, dtype=self.dtype))
-        return out
 
     def encode(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
         inputs, spans = self.perceiver_inputs(images, contexts)
@@ -248,12 +235,10 @@ class QwenVLPerceiverTower(VisionTower):
         after the images, which the analysis tools read). Also each image's (start, end) positions."""
         if self.prefix_ids is None:
             raise QwenVLPerceiverError("the perceiver's prompt prefix is unknown: attach its tokenizer first")
-        cfg = self.perceiver.vision_config
-        p, m, t = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
-        grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
-        patches = torch.cat([patchify(x, p, m, t) for x in images])
-        visual, deepstack = self.perceiver.visual_tokens(patches, torch.tensor(grids, device=self.device))
-        counts = [h * w // (m * m) for _, h, w in grids]
+        patches, grid, counts = patches_and_grids(images, self.perceiver.vision_config)
+        visual, deepstack = self.perceiver.visual_tokens(patches, grid)
+        grids = [tuple(g) for g in grid.tolist()]
+        m = self.perceiver.vision_config.spatial_merge_size
 
         start_id, pad_id, end_id = (self.spec["vision_start_token_id"], self.spec["image_token_id"],
                                     self.spec["vision_end_token_id"])

@@ -16,7 +16,7 @@ from transformers import CLIPImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from llava_dpa.data.native_resolution import NativeResolutionProcessor, patchify
+from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
@@ -137,15 +137,8 @@ class Qwen2_5_VLTower(VisionTower):
     def features(self, images, **tower_inputs):
         if not self.native:
             return super().features(images, **tower_inputs)
-        cfg = self.vision_tower.config
-        if torch.is_tensor(images):
-            images = list(images) if images.ndim == 4 else [images]
-        images = [(x[0] if x.ndim == 4 else x).to(device=self.device, dtype=self.dtype) for x in images]
-        p, m, t = cfg.patch_size, cfg.spatial_merge_size, cfg.temporal_patch_size
-        grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
-        patches = torch.cat([patchify(x, p, m, t) for x in images])
-        out = merged_tokens(self.vision_tower(patches, grid_thw=torch.tensor(grids, device=self.device)))
-        return list(torch.split(out, [h * w // (m * m) for _, h, w in grids]))
+        patches, grid, counts = patches_and_grids(whole_images(images, self.device, self.dtype), self.vision_tower.config)
+        return list(torch.split(merged_tokens(self.vision_tower(patches, grid_thw=grid)), counts))
 
     def encode(self, pixel_values):
         cfg = self.vision_tower.config
