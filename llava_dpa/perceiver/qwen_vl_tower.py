@@ -30,6 +30,7 @@ import torch
 
 from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+from llava_dpa.perceiver.buckets import length_buckets
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
 from llava_dpa.perceiver.tower import strip_prefix
@@ -219,13 +220,26 @@ class QwenVLPerceiverTower(VisionTower):
         return self.encode(images, contexts)
 
     def encode(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
-        inputs, spans = self.perceiver_inputs(images, contexts)
-        hidden = self.perceiver(*inputs[:3], **inputs[3])
-        features = []
-        for r, sample_spans in enumerate(spans):
-            for first, last in sample_spans:  # [vision_start, vision_end] inclusive
-                span = hidden[r, first:last + 1]
-                features.append(span[1:-1] if self.visual_positions_only else span)
+        """Per image, its features. The samples' sequences run in length buckets (perceiver/buckets.py): whole
+        images at native resolution differ widely in token count, and one batch padded to the longest would
+        spend most of its compute on padding."""
+        p, m = self.perceiver.vision_config.patch_size, self.perceiver.vision_config.spatial_merge_size
+        merged = [(x.shape[1] // p) * (x.shape[2] // p) // (m * m) for x in images]  # as patches_and_grids counts
+        first_image = [0]
+        for sample in contexts:
+            first_image.append(first_image[-1] + len(sample))
+        lengths = [len(self.prefix_ids or ()) + sum(len(c) + 2 + merged[first_image[r] + k] for k, c in enumerate(sample))
+                   for r, sample in enumerate(contexts)]
+        features: list[torch.Tensor | None] = [None] * len(images)
+        for rows in length_buckets(lengths):
+            owned = [i for r in rows for i in range(first_image[r], first_image[r + 1])]
+            inputs, spans = self.perceiver_inputs([images[i] for i in owned], [contexts[r] for r in rows])
+            hidden = self.perceiver(*inputs[:3], **inputs[3])
+            slot = iter(owned)
+            for r, sample_spans in enumerate(spans):
+                for first, last in sample_spans:  # [vision_start, vision_end] inclusive
+                    span = hidden[r, first:last + 1]
+                    features[next(slot)] = span[1:-1] if self.visual_positions_only else span
         return features
 
     def perceiver_inputs(self, images: list[torch.Tensor], contexts: list[list[list[int]]],

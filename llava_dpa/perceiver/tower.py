@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.perceiver.buckets import length_buckets
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
@@ -142,14 +143,23 @@ class PerceiverTower(VisionTower):
         inner = self.perceiver.get_model()
         visual = inner.mm_projector(self.vit(pixel_values))
         n, tokens, _ = visual.shape
-        if contexts is None:  # instruction-agnostic: the same prefix for every tile
+        if contexts is None:  # instruction-agnostic: the same prefix for every tile, so no padding at all
             ids = torch.tensor(self.prefix_ids, dtype=torch.long, device=visual.device)
             prefix = inner.embed_tokens(ids).unsqueeze(0).expand(n, -1, -1).to(visual.dtype)
-            inputs, mask, positions, start = torch.cat([prefix, visual], dim=1), None, None, prefix.shape[1]
-        else:
-            if len(contexts) != n:
-                raise PerceiverError(f"{len(contexts)} instruction contexts for {n} image tiles")
-            inputs, mask, positions, start = self._left_padded(inner, contexts, visual)
+            return self._visual_states(inner, torch.cat([prefix, visual], dim=1), None, None, prefix.shape[1], tokens)
+        if len(contexts) != n:
+            raise PerceiverError(f"{len(contexts)} instruction contexts for {n} image tiles")
+        # Contexts differ in length: tiles run in length buckets (perceiver/buckets.py), each left-padded only
+        # to its own longest context.
+        groups = length_buckets([len(c) + tokens for c in contexts])
+        if len(groups) == 1:
+            return self._visual_states(inner, *self._left_padded(inner, contexts, visual), tokens)
+        states = [self._visual_states(inner, *self._left_padded(inner, [contexts[i] for i in g], visual[g]), tokens)
+                  for g in groups]
+        order = torch.tensor([i for g in groups for i in g], device=visual.device)
+        return torch.cat(states)[torch.argsort(order)]
+
+    def _visual_states(self, inner, inputs, mask, positions, start: int, tokens: int) -> torch.Tensor:
         out = inner(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False,
                     output_hidden_states=self.select_layer is not None)
         hidden = out.last_hidden_state if self.select_layer is None else out.hidden_states[self.select_layer]
