@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands that live with their feature: each module's register(subparsers)."""
     from llava_dpa import text_path
-    from llava_dpa.analysis import bench, bench_cache, bench_packing, commands
+    from llava_dpa.analysis import bench, bench_cache, bench_frozen, bench_packing, commands
     from llava_dpa.data import feature_cache, subset
     from llava_dpa.perceiver import compose, extract
     from llava_dpa.eval import lmms_tasks, offline, report
@@ -68,7 +68,7 @@ def _extra_commands():
     return [recipes.register, compose.register, extract.register, subset.register, large_mlp.register, report.register, offline.register,
             lmms_tasks.register, text_path.register,
             commands.register, bench.register, importer.register, feature_cache.register,
-            bench_packing.register, bench_cache.register]
+            bench_packing.register, bench_cache.register, bench_frozen.register]
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from llava_dpa.perceiver.tower import PerceiverError, PerceiverTower
 from llava_dpa.towers.registry import build_vision_tower
 from llava_dpa.training.train import train
 from test_entry_points import chat
+from test_packing import assert_packed_equals_padded
 from test_round_trips import logits, probe_batch
 
 
@@ -155,7 +156,7 @@ def test_self_contained_reload_with_the_perceiver_folder_deleted(zoo, perceiver,
 
 
 @pytest.mark.parametrize("bits", [16, 4])
-def test_lora_and_qlora_exclude_the_perceiver_and_round_trip(zoo, perceiver, dpa_stage1, tmp_path, bits):
+def test_lora_and_qlora_exclude_the_perceiver_round_trip_and_pack(zoo, perceiver, dpa_stage1, tmp_path, bits):
     out = tmp_path / "lora"
     trainer = train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
         "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "2", "--lora_enable", "True",
@@ -171,6 +172,9 @@ def test_lora_and_qlora_exclude_the_perceiver_and_round_trip(zoo, perceiver, dpa
     assert all(torch.equal(trained[k].float(), reloaded[k].float()) for k in trained)
     if bits == 16:
         assert torch.allclose(logits(trainer.model, batch), logits(merged, batch), atol=1e-4)
+    # packing under LoRA / QLoRA: packed and padded give the same loss and LoRA gradients (dropout off)
+    trainer.model.eval()
+    assert_packed_equals_padded(trainer.model, batch, everything=False)
 
 
 def test_cli_two_turn_chat_with_a_dpa_checkpoint(zoo, dpa_stage2):

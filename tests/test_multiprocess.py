@@ -7,7 +7,8 @@ launched with the project's DeepSpeed configs and its launcher.
 - a killed 2-process run resumes from its last checkpoint;
 - the loss of the first steps equals a 1-process run with the same global batch, within 1e-4. The data is
   one sample repeated, so every batch holds the same sample whatever the sharding: the comparison checks
-  the distributed gradient and optimizer step, not the data order.
+  the distributed gradient and optimizer step, not the data order;
+- the same with padding-free packing (`--packing_budget`) under ZeRO-2 (baseline) and ZeRO-3 (DPA).
 """
 import json
 import os
@@ -58,16 +59,18 @@ def probes(folder):
     return sorted((json.loads(p.read_text()) for p in folder.glob("rank*.json")), key=lambda r: r["rank"])
 
 
-@pytest.mark.parametrize("kind,zero,port", [("baseline", "zero2", 29611), ("baseline", "zero3", 29641),
-                                            ("dpa", "zero3", 29621)])
-def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perceiver, baseline_stage1, dpa_stage1,
-                                                     repeated, tmp_path):
+@pytest.mark.parametrize("kind,zero,packed,port", [("baseline", "zero2", True, 29611), ("baseline", "zero3", False, 29641),
+                                                   ("dpa", "zero3", True, 29621)])
+def test_two_processes_load_train_save_and_match_one(kind, zero, packed, port, zoo, perceiver, baseline_stage1,
+                                                     dpa_stage1, repeated, tmp_path):
+    """Packed runs (--packing_budget: one pack per process and step) against one process accumulating two packs."""
     from llava.model.builder import load_pretrained_model
 
     tower, stage1 = (zoo["clip"], baseline_stage1) if kind == "baseline" else (str(perceiver), dpa_stage1)
+    per_device, packing = (1, ["--packing_budget", "1024"]) if packed else (2, [])
     two = tmp_path / "two"
-    run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, 2, 1,
-                                          ["--save_strategy", "steps", "--save_steps", "2"]),
+    run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, per_device, 1,
+                                          ["--save_strategy", "steps", "--save_steps", "2", *packing]),
         env=env_for(tmp_path / "probe2"), timeout=1200)
     ranks = probes(tmp_path / "probe2")
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
@@ -81,8 +84,8 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, port, zoo, perc
     assert model.get_vision_tower().is_perceiver is (kind == "dpa")
 
     one = tmp_path / "one"
-    run(deepspeed_cmd(1, port + 1) + args_for(zoo, one, tower, stage1, repeated, zero, 2, 2), env=env_for(),
-        timeout=1200)
+    run(deepspeed_cmd(1, port + 1) + args_for(zoo, one, tower, stage1, repeated, zero, per_device, 2, packing),
+        env=env_for(), timeout=1200)
     ref, got = losses(one), losses(two)
     assert sorted(got) == [1, 2, 3, 4]
     for step in got:

@@ -2,10 +2,12 @@
 the packs are a deterministic function of the seed and the epoch; nonsense combinations are refused."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from conftest import PY, run, train_cmd
+from conftest import PY, REPO, run, train_cmd
 
 
 def batch_of(checkpoint, zoo, n=4):
@@ -25,24 +27,30 @@ def batch_of(checkpoint, zoo, n=4):
     return model, batch, dataset
 
 
-def loss_and_grads(model, batch, packed):
+def loss_and_grads(model, batch, packed, everything=True):
+    """The loss and the gradient of every parameter (or, everything=False, of those that already train)."""
     model.zero_grad(set_to_none=True)
-    model.requires_grad_(True)
+    if everything:
+        model.requires_grad_(True)
     loss = model(**batch, packed=packed).loss
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("kind", ["baseline", "dpa"])
-def test_packed_and_padded_agree(zoo, baseline_stage2, dpa_stage2, kind):
-    model, batch, _ = batch_of(baseline_stage2 if kind == "baseline" else dpa_stage2, zoo)
+def assert_packed_equals_padded(model, batch, everything=True):
     assert (~batch["attention_mask"]).any()  # the padded batch really pads
-    padded_loss, padded_grads = loss_and_grads(model, batch, packed=False)
-    packed_loss, packed_grads = loss_and_grads(model, batch, packed=True)
+    padded_loss, padded_grads = loss_and_grads(model, batch, packed=False, everything=everything)
+    packed_loss, packed_grads = loss_and_grads(model, batch, packed=True, everything=everything)
     assert abs(packed_loss - padded_loss) <= 1e-4 * abs(padded_loss)
     cosine = torch.nn.functional.cosine_similarity(packed_grads, padded_grads, dim=0).item()
     assert cosine >= 0.9999
+
+
+@pytest.mark.parametrize("kind", ["baseline", "dpa"])
+def test_packed_and_padded_agree(zoo, baseline_stage2, dpa_stage2, kind):
+    model, batch, _ = batch_of(baseline_stage2 if kind == "baseline" else dpa_stage2, zoo)
+    assert_packed_equals_padded(model, batch)
 
 
 @pytest.mark.fast
@@ -59,12 +67,53 @@ def test_packs_are_deterministic_and_within_budget():
     assert sampler.packs() != first and len(sampler) == len(sampler.packs())
 
 
-def test_a_packed_run_trains_and_refuses_nonsense(zoo, baseline_stage1, tmp_path):
-    out = tmp_path / "packed"
-    proc = run(train_cmd(zoo, out, stage=2, extra=[
-        "--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin"), "--max_steps", "3",
-        "--packing_budget", "1024", "--per_device_train_batch_size", "1"]))
-    assert "'loss'" in proc.stdout + proc.stderr and (out / "model.safetensors").is_file()
+@pytest.mark.fast
+def test_the_epoch_reaches_the_pack_order_through_accelerate_also_when_sharded():
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    from llava_dpa.data.packing import PackedBatchSampler
+
+    lengths = [30, 200, 120, 80, 400, 10, 60, 300, 90, 50] * 3
+    for processes in (1, 2):
+        sampler = PackedBatchSampler(lengths, budget=400, seed=3)
+        epoch0 = sampler.packs()
+        loader = prepare_data_loader(DataLoader(list(range(len(lengths))), batch_sampler=sampler),
+                                     num_processes=processes, process_index=0, put_on_device=False)
+        loader.set_epoch(1)   # what transformers' Trainer calls at the start of every epoch
+        assert sampler.sampler.epoch == 1 and sampler.packs() != epoch0
+        seen = [sorted(b.tolist()) for b in loader]
+        assert seen == [sorted(p) for p in sampler.packs()[0::processes]][:len(seen)]
+
+
+def losses(out):
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def test_a_packed_run_resumes_mid_epoch_on_the_same_packs_and_refuses_nonsense(zoo, baseline_stage1, tmp_path):
+    def command(out):
+        return train_cmd(zoo, out, stage=2, extra=[
+            "--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin"), "--max_steps", "6",
+            "--save_strategy", "steps", "--save_steps", "3", "--learning_rate", "1e-3",
+            "--packing_budget", "1024", "--per_device_train_batch_size", "1"])
+
+    reference = tmp_path / "reference"
+    run(command(reference))
+    assert (reference / "model.safetensors").is_file()
+    state = json.loads((reference / "trainer_state.json").read_text())
+    epoch_at = {h["step"]: h["epoch"] for h in state["log_history"] if "loss" in h}
+    assert epoch_at[6] > 1 and epoch_at[3] % 1 > 0, epoch_at   # across epoch boundaries; the resume lands mid-epoch
+    killed = tmp_path / "killed"
+    assert run([PY, str(REPO / "tests" / "hooked_train.py")] + command(killed)[3:], env={"KILL_AT_STEP": "4"},
+               check=False).returncode == 137
+    resumed = run(command(killed))
+    assert "resuming from" in resumed.stdout and "checkpoint-3" in resumed.stdout
+    ref, got = losses(reference), losses(killed)
+    assert sorted(got) == list(range(1, 7))
+    for step in got:  # the same packs in the same order, before and after the resume
+        assert abs(ref[step] - got[step]) < 1e-4, (step, ref[step], got[step])
+
     bad = run(train_cmd(zoo, tmp_path / "b", stage=2, extra=[
         "--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin"), "--packing_budget", "1024"]),
         check=False)

@@ -19,20 +19,42 @@ import torch
 from llava_dpa.data.tokenization import IGNORE_INDEX
 
 
-class PackedBatchSampler:
-    """Batches of sample indices, each a pack of at most `budget` expanded tokens (a longer sample alone)."""
+class PackOrder:
+    """The order samples are packed in: a shuffle seeded by --seed and the epoch.
 
-    def __init__(self, lengths: list[int], budget: int, seed: int = 0):
-        self.lengths, self.budget, self.seed, self.epoch = list(lengths), int(budget), int(seed), 0
+    It is the batch sampler's `sampler`, as torch's BatchSampler has one, so that accelerate's
+    `set_epoch` reaches it also when it shards the packs over processes (it looks for
+    `batch_sampler.sampler.set_epoch`, one level deeper once sharded)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = int(size), int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def packs(self, epoch: int | None = None) -> list[list[int]]:
-        order = list(range(len(self.lengths)))
-        random.Random(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch)).shuffle(order)
+    def __iter__(self):
+        order = list(range(self.size))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class PackedBatchSampler:
+    """Batches of sample indices, each a pack of at most `budget` expanded tokens (a longer sample alone), made
+    first-fit in `PackOrder`'s order."""
+
+    def __init__(self, lengths: list[int], budget: int, seed: int = 0):
+        self.lengths, self.budget = list(lengths), int(budget)
+        self.sampler = PackOrder(len(self.lengths), seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def packs(self) -> list[list[int]]:
         packs, current, used = [], [], 0
-        for i in order:
+        for i in self.sampler:
             n = self.lengths[i]
             if current and used + n > self.budget:
                 packs.append(current)

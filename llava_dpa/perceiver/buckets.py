@@ -6,6 +6,10 @@ in every layer of the perceiver LM. `length_buckets` groups the sequences so tha
 own longest, computes at most `slack` more positions than it holds; the perceiver runs once per group.
 Results do not depend on the grouping: causal attention with a padding mask gives a sequence the same states
 whatever it is batched with, which tests/test_perceiver_buckets.py checks.
+
+Under DeepSpeed ZeRO-3 the perceiver runs as one padded batch: every rank must call each module the same number
+of times per step (each call gathers the module's partitioned weights with every other rank), and the number
+of buckets depends on the rank's own samples.
 """
 from __future__ import annotations
 
@@ -34,3 +38,10 @@ def length_buckets(lengths: list[int], slack: float = SLACK) -> list[list[int]]:
 def padded_positions(lengths: list[int], groups: list[list[int]]) -> int:
     """Positions the groups compute once each is padded to its longest."""
     return sum(max(lengths[i] for i in g) * len(g) for g in groups)
+
+
+def perceiver_buckets(lengths: list[int], module) -> list[list[int]]:
+    """`length_buckets`, or one group in order when `module`'s weights are ZeRO-3 partitioned."""
+    if any(hasattr(p, "ds_id") for p in module.parameters()):
+        return [list(range(len(lengths)))] if lengths else []
+    return length_buckets(lengths)

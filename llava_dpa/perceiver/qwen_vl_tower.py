@@ -30,7 +30,7 @@ import torch
 
 from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
-from llava_dpa.perceiver.buckets import length_buckets
+from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
 from llava_dpa.perceiver.tower import strip_prefix
@@ -231,7 +231,7 @@ class QwenVLPerceiverTower(VisionTower):
         lengths = [len(self.prefix_ids or ()) + sum(len(c) + 2 + merged[first_image[r] + k] for k, c in enumerate(sample))
                    for r, sample in enumerate(contexts)]
         features: list[torch.Tensor | None] = [None] * len(images)
-        for rows in length_buckets(lengths):
+        for rows in perceiver_buckets(lengths, self.perceiver):
             owned = [i for r in rows for i in range(first_image[r], first_image[r + 1])]
             inputs, spans = self.perceiver_inputs([images[i] for i in owned], [contexts[r] for r in rows])
             hidden = self.perceiver(*inputs[:3], **inputs[3])

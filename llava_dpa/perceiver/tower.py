@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from llava_dpa.perceiver.buckets import length_buckets
+from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
@@ -151,7 +151,7 @@ class PerceiverTower(VisionTower):
             raise PerceiverError(f"{len(contexts)} instruction contexts for {n} image tiles")
         # Contexts differ in length: tiles run in length buckets (perceiver/buckets.py), each left-padded only
         # to its own longest context.
-        groups = length_buckets([len(c) + tokens for c in contexts])
+        groups = perceiver_buckets([len(c) + tokens for c in contexts], inner)
         if len(groups) == 1:
             return self._visual_states(inner, *self._left_padded(inner, contexts, visual), tokens)
         states = [self._visual_states(inner, *self._left_padded(inner, [contexts[i] for i in g], visual[g]), tokens)

@@ -155,7 +155,7 @@ class VisionTower(nn.Module, ABC):
                 return [x.squeeze(-1).to(device=self.device, dtype=self.dtype) for x in images]
             return images.squeeze(-1).to(device=self.device, dtype=self.dtype)
         grad = torch.is_grad_enabled()
-        if grad and any(p.requires_grad for p in self.parameters()):
+        if grad and (not self.frozen_without_autograd or any(p.requires_grad for p in self.parameters())):
             return self.features(images, **tower_inputs)
         with torch.no_grad():
             # Memoised only where the caller itself runs without autograd (inference): a stored tensor must
@@ -169,6 +169,10 @@ class VisionTower(nn.Module, ABC):
             return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0), **tower_inputs)
                     for image in images]
         return self.encode(images.to(device=self.device, dtype=self.dtype), **tower_inputs)
+
+    #: False lets a frozen tower run with autograd as its caller has it: only `llava-dpa bench-frozen` sets it, to
+    #: measure what the explicit no_grad saves
+    frozen_without_autograd = True
 
     #: how many distinct (images, inputs) results inference keeps
     MEMO_SIZE = 8

@@ -1,0 +1,118 @@
+"""`llava-dpa bench-frozen`: what a frozen tower costs in a training step, with this project's explicit no_grad
+(after) and without it (before), for DPA and its baseline side by side.
+
+A frozen tower fed pixels builds no graph by itself. It does once something upstream asks for gradients:
+LLaVA's train.py calls `enable_input_require_grads()` under `--gradient_checkpointing`, and transformers 5 hooks
+the input embeddings of every sub-model it finds then, the perceiver LM's among them when the tower exists at
+that point (a run that continues from a DPA checkpoint, e.g. fine-tuning it with `--freeze_perceiver`). The
+perceiver LM's activations are then kept for a backward that never reaches a trainable weight. transformers
+4.57 hooks the target's embeddings only.
+
+The step trains the target and the projector with the tower frozen, after `enable_input_require_grads()`. It
+reports the median step time, the bytes autograd saved for the backward (activation memory, on any device)
+and, on CUDA, the peak memory.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]:
+    from llava_dpa.analysis.bench import _sync
+
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    labels = pipeline.input_ids.clone()
+    labels[labels < 0] = -100
+    model = pipeline.model
+    model.train()
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(input_ids=pipeline.input_ids, labels=labels, images=pipeline.images, image_sizes=pipeline.sizes)
+        out.loss.backward()
+        _sync(device)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
+    return saved[0], time.perf_counter() - start, peak
+
+
+def run(args) -> int:
+    import transformers
+
+    from llava_dpa.analysis.bench import _DTYPES, Pipeline
+    from llava_dpa.analysis.bench_models import build_pair, describe
+    from llava_dpa.towers.base import VisionTower
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory(prefix="llava-dpa-bench-frozen-") as tmp:
+        built = build_pair(args.preset, args.scale, tmp, args.image_size, _DTYPES[args.dtype], args.seed)
+        print(f"built from this project's classes at scale {args.scale}: {describe(built['configs'])}")
+        pipelines = {name: Pipeline(name, built[name], device, _DTYPES[args.dtype], args.text_tokens, seed=args.seed)
+                     for name in ("DPA", "baseline")}
+    for p in pipelines.values():
+        p.model.requires_grad_(True)
+        p.tower.requires_grad_(False)
+        p.model.enable_input_require_grads()  # as llava's train.py under --gradient_checkpointing
+    results = {}
+    try:
+        for i in range(args.warmup + args.repeats):
+            for mode in ("after", "before"):
+                VisionTower.frozen_without_autograd = mode == "after"
+                for name, p in pipelines.items():
+                    saved, seconds, peak = saved_bytes_and_seconds(p, device)
+                    if i >= args.warmup:
+                        results.setdefault((name, mode), []).append((saved, seconds, peak))
+    finally:
+        VisionTower.frozen_without_autograd = True
+    rows = {}
+    for (name, mode), runs in results.items():
+        rows[f"{name} {mode}"] = {"saved_for_backward_mib": runs[0][0] / 2**20,
+                                  "step_s": statistics.median(r[1] for r in runs),
+                                  "peak_cuda_gib": max(r[2] for r in runs) if runs[0][2] is not None else None}
+    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": args.dtype,
+              "torch": torch.__version__, "transformers": transformers.__version__, "preset": args.preset,
+              "scale": args.scale, "repeats": args.repeats, "text_tokens": args.text_tokens, "rows": rows,
+              "before_over_after": {n: {"saved": rows[f"{n} before"]["saved_for_backward_mib"]
+                                        / rows[f"{n} after"]["saved_for_backward_mib"],
+                                        "step": rows[f"{n} before"]["step_s"] / rows[f"{n} after"]["step_s"]}
+                                    for n in pipelines}}
+    print(f"{'':18s}{'saved for backward':>20s}{'step':>10s}{'peak CUDA':>11s}")
+    for key, r in rows.items():
+        peak = f"{r['peak_cuda_gib']:.2f} GiB" if r["peak_cuda_gib"] is not None else "-"
+        print(f"{key:18s}{r['saved_for_backward_mib']:16.1f} MiB{r['step_s']:9.3f}s{peak:>11s}")
+    for name, ratio in report["before_over_after"].items():
+        print(f"{name}: before / after: saved {ratio['saved']:.3f}x, step time {ratio['step']:.3f}x")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench-frozen", help="a frozen tower's cost in a training step, with and without no_grad")
+    p.add_argument("--preset", default="qwen3-4b")
+    p.add_argument("--scale", type=float, default=0.1)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--text-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None)
+    p.set_defaults(func=run)
