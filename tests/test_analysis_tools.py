@@ -232,12 +232,16 @@ def test_bench_checkpoints(dpa_stage2, baseline_stage2, tmp_path, capsys):
     assert "train_stage1" in capsys.readouterr().out
 
 
-def test_bench_preset_runs_this_projects_classes_at_a_scale(tmp_path, capsys):
+@pytest.mark.parametrize("perceiver", ["llava", "qwen-vl"])
+def test_bench_preset_runs_this_projects_classes_at_a_scale(tmp_path, capsys, perceiver):
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "qwen3-4b", "--scale", "0.02", "--device", "cpu", "--dtype", "float32",
                  "--image-size", "56", "--repeats", "1", "--warmup", "0", "--decode-steps", "2", "--text-tokens", "8",
-                 "--output", str(out)]) == 0
+                 "--perceiver", perceiver, "--output", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["perceiver"] == perceiver
+    prefill = report["seconds"]["DPA"]["prefill"]["components"]
+    assert prefill["perceiver_lm"] > 0 and (prefill["perceiver_projector"] > 0) is (perceiver == "llava")
     printed = capsys.readouterr().out
     assert "built from this project's classes at scale 0.02" in printed
     rows = report["cost_ratio_dpa_over_baseline"]

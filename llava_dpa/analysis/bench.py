@@ -6,6 +6,8 @@ Two ways to get the pair:
 - `--preset qwen3-4b [--scale F]`: random weights at the published sizes, or every width, head count and depth
   shrunk by F (head widths and vocabulary kept), built from this project's own classes exactly as training
   builds them (`analysis/bench_models.py`: the LLaVA target classes, the Qwen2.5-VL tower, `PerceiverTower`);
+  with `--perceiver qwen-vl`, the official release's Qwen-VL-native perceiver (`QwenVLPerceiverTower`) on whole
+  images at native resolution, against the Qwen2.5-VL ViT tower at native resolution;
 - `--dpa CKPT --baseline CKPT`: two checkpoints of this project.
 Both run through the LLaVA model code (llava_arch, the towers, the perceiver) on one synthetic square image of
 the tower's tile size and `--text-tokens` text tokens.
@@ -87,7 +89,10 @@ class Pipeline:
     """A checkpoint of this project on a synthetic image and prompt, through the LLaVA model code."""
 
     def __init__(self, name: str, path: str, device: str, dtype: torch.dtype, text_tokens: int, model_base=None,
-                 seed: int = 0):
+                 seed: int = 0, cached_features: bool = False, image_side: int = 448):
+        """cached_features: the tower reads its own features, computed once here, as `--feature_cache` training
+        reads them (data/feature_cache.py), so that a step runs only the projector and the target.
+        image_side: the synthetic image's side for a tower that reads whole images (a tiling tower's is its tile)."""
         from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
         from llava.conversation import conv_templates
         from llava.mm_utils import process_images, tokenizer_image_token
@@ -107,7 +112,7 @@ class Pipeline:
             if isinstance(module, VisionTower):
                 module.MEMO_SIZE = 0
         generator = torch.Generator().manual_seed(seed)
-        size = self.tower.image_size
+        size = image_side if getattr(self.tower, "per_image_features", False) else self.tower.image_size
         array = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
         image = Image.fromarray(array)
         ids = torch.randint(100, 600, (text_tokens,), generator=generator)
@@ -119,6 +124,10 @@ class Pipeline:
                                                return_tensors="pt")[None].to(device)
         self.images = to_model(process_images([image], processor, self.model.config), self.model)
         self.sizes = [image.size]
+        if cached_features:
+            with torch.no_grad():
+                self.images = self.tower(self.images).unsqueeze(-1)  # [1, tokens, d, 1], as the cache hands them over
+            self.tower.reads_cached_features = True
         self.clock = ComponentClock(self.components(), device)
 
     def components(self) -> dict:
@@ -173,10 +182,11 @@ class Pipeline:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: int = 32) -> dict:
+def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: int = 32, only=OPS) -> dict:
     """Median seconds per operation and per component, for every pipeline; operations interleave."""
     ops = {"prefill": lambda p: p.prefill(), "decode": lambda p: p.decode(decode_steps),
            "train_stage2": lambda p: p.train_step(2), "train_stage1": lambda p: p.train_step(1)}
+    ops = {op: fn for op, fn in ops.items() if op in only}
     samples = {p.name: {op: [] for op in ops} for p in pipelines}
     for op, fn in ops.items():
         for i in tqdm(range(warmup + repeats), desc=f"bench {op}"):
@@ -192,9 +202,9 @@ def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: in
             total = statistics.median(t for t, _ in runs)
             parts = {c: statistics.median(r[c] for _, r in runs) for c in (*COMPONENTS, "rest")}
             result[name][op] = {"seconds": total, "components": parts}
-        # the decode run includes its own prefill; per generated token is the rest
-        prefill = result[name]["prefill"]["seconds"]
-        result[name]["decode"]["seconds_per_token"] = max(result[name]["decode"]["seconds"] - prefill, 1e-9) / decode_steps
+        if "decode" in ops:  # the decode run includes its own prefill; per generated token is the rest
+            prefill = result[name]["prefill"]["seconds"]
+            result[name]["decode"]["seconds_per_token"] = max(result[name]["decode"]["seconds"] - prefill, 1e-9) / decode_steps
     return result
 
 
@@ -220,9 +230,11 @@ def analytic(pipelines: dict, configs: dict | None) -> dict | None:
         c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
         return {k: c[k] for k in keys}
 
+    native = tower.is_perceiver and tower.per_image_features
+    side = dpa.images[0].shape[-1] if native else tower.image_size  # whole images: the processed image's side
     f = training_flops(lm(configs["target"]), lm(configs["perceiver_lm"]), configs["vit"],
-                       image_size=tower.image_size, tiles=1, text_tokens=base.text_tokens(),
-                       prefix_tokens=len(getattr(tower, "prefix_ids", []) or []))
+                       image_size=side, tiles=1, text_tokens=base.text_tokens(),
+                       prefix_tokens=len(getattr(tower, "prefix_ids", []) or []), native=native)
     ratio = f["ratio_dpa_over_baseline"]
     return {"prefill": ratio["forward"], "decode": 1.0, "train_stage2": ratio["stage2"], "train_stage1": ratio["stage1"],
             "flops": {k: v for k, v in f.items() if k in ("dpa", "baseline", "tokens")}}
@@ -239,19 +251,19 @@ def run(args) -> int:
         from llava_dpa.analysis.bench_models import build_pair, describe
 
         workdir = tempfile.TemporaryDirectory(prefix="llava-dpa-bench-")
-        built = build_pair(args.preset, args.scale, workdir.name, args.image_size, dtype, args.seed)
+        built = build_pair(args.preset, args.scale, workdir.name, args.image_size, dtype, args.seed, args.perceiver)
         configs = built["configs"]
         paths = {"DPA": built["DPA"], "baseline": built["baseline"]}
         print(f"built from this project's classes at scale {args.scale}: {describe(configs)}")
     elif args.dpa and args.baseline:
-        if args.scale != 1:
-            raise ValueError("--scale applies to --preset; checkpoints run at their own size")
+        if args.scale != 1 or args.perceiver != "llava":
+            raise ValueError("--scale and --perceiver apply to --preset; checkpoints run as they are")
         paths = {"DPA": args.dpa, "baseline": args.baseline}
     else:
         raise ValueError("give --preset TARGET (random weights, this project's classes) or both --dpa and --baseline")
     try:
-        pipelines = {name: Pipeline(name, path, device, dtype, args.text_tokens, args.model_base, args.seed)
-                     for name, path in paths.items()}
+        pipelines = {name: Pipeline(name, path, device, dtype, args.text_tokens, args.model_base, args.seed,
+                                    image_side=args.image_size) for name, path in paths.items()}
         results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps)
         theory = analytic(pipelines, configs)
     finally:
@@ -275,8 +287,8 @@ def summarise(args, device, pipelines, results, theory) -> dict:
         rows[op] = {"measured": measured[op], "analytic": expected,
                     "measured_over_analytic": measured[op] / expected if expected else None}
     return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
-            "dtype": args.dtype, "torch": torch.__version__, "preset": args.preset, "scale": args.scale,
-            "text_tokens": pipelines["baseline"].text_tokens(), "image_size": pipelines["baseline"].tower.image_size,
+            "dtype": args.dtype, "torch": torch.__version__, "preset": args.preset, "perceiver": args.perceiver, "scale": args.scale,
+            "text_tokens": pipelines["baseline"].text_tokens(), "image_size": pipelines["baseline"].images[0].shape[-1],
             "decode_steps": args.decode_steps, "repeats": args.repeats,
             "parameters": {n: p.parameters() for n, p in pipelines.items()},
             "trainable": {n: {"stage2": p.trainable(2), "stage1": p.trainable(1)} for n, p in pipelines.items()},
@@ -308,12 +320,15 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, help="target preset (qwen3-4b, qwen3-32b) built with random weights")
     p.add_argument("--scale", type=float, default=1.0,
                    help="--preset: shrink widths, heads and depths by this factor (e.g. 0.25 on a CPU)")
+    p.add_argument("--perceiver", default="llava", help="--preset: the perceiver's form, llava (the paper's, on "
+                   "tiles) or qwen-vl (the official release's, whole images at native resolution, both models)")
     p.add_argument("--dpa", default=None, help="a DPA checkpoint")
     p.add_argument("--baseline", default=None, help="its controlled baseline checkpoint")
     p.add_argument("--model-base", default=None)
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
-    p.add_argument("--image-size", type=int, default=448, help="--preset: the ViT's tile (the synthetic image's side)")
+    p.add_argument("--image-size", type=int, default=448,
+                   help="the synthetic image's side: --preset's ViT tile, and the whole image for native-resolution towers")
     p.add_argument("--text-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)

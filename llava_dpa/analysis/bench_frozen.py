@@ -52,10 +52,8 @@ def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]
 
 
 def run(args) -> int:
-    import transformers
-
     from llava_dpa.analysis.bench import _DTYPES, Pipeline
-    from llava_dpa.analysis.bench_models import build_pair, describe
+    from llava_dpa.analysis.bench_models import build_pair, describe, run_environment
     from llava_dpa.towers.base import VisionTower
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,9 +82,7 @@ def run(args) -> int:
         rows[f"{name} {mode}"] = {"saved_for_backward_mib": runs[0][0] / 2**20,
                                   "step_s": statistics.median(r[1] for r in runs),
                                   "peak_cuda_gib": max(r[2] for r in runs) if runs[0][2] is not None else None}
-    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": args.dtype,
-              "torch": torch.__version__, "transformers": transformers.__version__, "preset": args.preset,
-              "scale": args.scale, "repeats": args.repeats, "text_tokens": args.text_tokens, "rows": rows,
+    report = {**run_environment(args, device), "rows": rows,
               "before_over_after": {n: {"saved": rows[f"{n} before"]["saved_for_backward_mib"]
                                         / rows[f"{n} after"]["saved_for_backward_mib"],
                                         "step": rows[f"{n} before"]["step_s"] / rows[f"{n} after"]["step_s"]}
@@ -104,15 +100,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from llava_dpa.analysis.bench_models import add_step_bench_arguments
+
     p = sub.add_parser("bench-frozen", help="a frozen tower's cost in a training step, with and without no_grad")
-    p.add_argument("--preset", default="qwen3-4b")
-    p.add_argument("--scale", type=float, default=0.1)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--image-size", type=int, default=448)
-    p.add_argument("--text-tokens", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=None)
+    add_step_bench_arguments(p, scale=0.1, text_tokens=256, repeats=3)
     p.set_defaults(func=run)

@@ -85,11 +85,18 @@ def _save_vit(config: dict, folder: Path, image_size: int, dtype, seed: int) -> 
     (folder / "preprocessor_config.json").write_text(json.dumps({"tile_size": image_size}))
 
 
+#: the perceiver forms the bench builds: the paper's LLaVA-format VLM on tiles, or the official release's
+#: Qwen-VL-native one on whole images (its baseline then reads whole images too)
+PERCEIVERS = ("llava", "qwen-vl")
+
+
 def build_pair(target: str, scale: float, folder: str | Path, image_size: int = 448, dtype=torch.float32,
-               seed: int = 0) -> dict:
+               seed: int = 0, perceiver: str = "llava") -> dict:
     """{"DPA": checkpoint, "baseline": checkpoint, "configs": the scaled component configs}."""
+    if perceiver not in PERCEIVERS:
+        raise ValueError(f"--perceiver {perceiver!r}: choose from {', '.join(PERCEIVERS)}")
     from llava_dpa.llava_integration.assemble import assemble
-    from llava_dpa.perceiver.compose import make_perceiver
+    from llava_dpa.perceiver.compose import make_perceiver, make_qwen_vl_perceiver
     from llava_dpa.zoo.data import corpus_lines
     from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
 
@@ -102,14 +109,21 @@ def build_pair(target: str, scale: float, folder: str | Path, image_size: int = 
     _save_vit(configs["vit"], paths["vit"], image_size, dtype, seed)
     _save_lm(configs["perceiver_lm"], paths["perceiver_lm"], tokenizer, dtype, seed + 1)
     _save_lm(configs["target"], paths["target"], tokenizer, dtype, seed + 2)
-    make_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed)
+    if perceiver == "llava":
+        make_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed)
+        tower, images = str(paths["perceiver"]), "square"
+    else:  # Qwen2.5-VL's M-RoPE sections for the kept head width (128: 16 + 24 + 24 rotary pairs)
+        head_dim = configs["perceiver_lm"].get("head_dim", 128)
+        make_qwen_vl_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed,
+                               mrope_section=[head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16])
+        tower, images = "dpa:" + str(paths["perceiver"]), "native"
     torch.manual_seed(seed)
-    assemble(paths["target"], str(paths["perceiver"]), paths["dpa"], tokenizer, projector="mlp2x_gelu",
-             conv_version="qwen_3", dtype=dtype)
+    assemble(paths["target"], tower, paths["dpa"], tokenizer, projector="mlp2x_gelu", conv_version="qwen_3",
+             image_aspect_ratio=images, dtype=dtype)
     torch.manual_seed(seed)
     assemble(paths["target"], str(paths["vit"]), paths["baseline"], tokenizer, projector="mlp2x_gelu",
-             conv_version="qwen_3", dtype=dtype)
-    return {"DPA": str(paths["dpa"]), "baseline": str(paths["baseline"]), "configs": configs}
+             conv_version="qwen_3", image_aspect_ratio=images, dtype=dtype)
+    return {"DPA": str(paths["dpa"]), "baseline": str(paths["baseline"]), "configs": configs, "perceiver": perceiver}
 
 
 def describe(configs: dict) -> str:
@@ -119,7 +133,7 @@ def describe(configs: dict) -> str:
 
 
 def add_training_bench_arguments(p, image_size: int, batch_help: str = "--per_device_train_batch_size") -> None:
-    """The arguments every one-epoch training bench on the built pair takes (bench-packing, bench-cache)."""
+    """The arguments of a one-epoch training bench on the built pair (bench-packing)."""
     p.add_argument("--preset", default="qwen3-4b")
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--samples", type=int, default=64)
@@ -128,3 +142,27 @@ def add_training_bench_arguments(p, image_size: int, batch_help: str = "--per_de
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="show the training runs' output")
     p.add_argument("--output", default=None, help="also write the results as JSON here")
+
+
+def add_step_bench_arguments(p, scale: float, text_tokens: int, repeats: int) -> None:
+    """The arguments of the benches that time single steps of the built pair in one process (bench-cache,
+    bench-frozen)."""
+    p.add_argument("--preset", default="qwen3-4b")
+    p.add_argument("--scale", type=float, default=scale)
+    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--text-tokens", type=int, default=text_tokens)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
+
+
+def run_environment(args, device: str) -> dict:
+    """What a step bench's report records of where and how it ran."""
+    import transformers
+
+    return {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": args.dtype,
+            "torch": torch.__version__, "transformers": transformers.__version__, "preset": args.preset,
+            "scale": args.scale, "image_size": args.image_size, "text_tokens": args.text_tokens, "repeats": args.repeats}

@@ -45,8 +45,13 @@ def vit_forward(preset, image_size: int) -> tuple[float, int]:
 
 
 def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
-                   image_size: int = 448, tiles: int = 1, text_tokens: int = 512, prefix_tokens: int = 8) -> dict:
-    """Per-sample FLOPs by component, forward and per training stage, for DPA and its baseline."""
+                   image_size: int = 448, tiles: int = 1, text_tokens: int = 512, prefix_tokens: int = 8,
+                   native: bool = False) -> dict:
+    """Per-sample FLOPs by component, forward and per training stage, for DPA and its baseline.
+
+    native: the Qwen-VL-native perceiver (the official release's form) instead of the LLaVA-format one: the
+    ViT's merger projects straight to the perceiver LM's width (no perceiver projector), the perceiver LM also
+    reads the image's two delimiters, and the target receives those N + 2 features."""
     vit_f, visual = vit_forward(vit, image_size)
     vit_f, visual = vit_f * tiles, visual * tiles
     d_vit, d_p, d_t = (config_of(vit)["out_hidden_size"], config_of(perceiver_lm)["hidden_size"],
@@ -60,17 +65,24 @@ def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
         "baseline_projector": 2.0 * mlp2x(d_vit, d_t) * visual,
         "target": lm_forward(target, target_tokens, head=True),
     }
+    dpa_fwd = dict(fwd)
+    if native:
+        merged_at_lm, _ = vit_forward({**config_of(vit), "out_hidden_size": d_p}, image_size)
+        dpa_fwd.update(vit=merged_at_lm * tiles, perceiver_projector=0.0,
+                       perceiver_lm=lm_forward(perceiver_lm, visual // tiles + prefix_tokens + 2, head=False) * tiles,
+                       alignment_projector=2.0 * mlp2x(d_p, d_t) * (visual + 2 * tiles),
+                       target=lm_forward(target, target_tokens + 2 * tiles, head=True))
     dpa_parts = ["vit", "perceiver_projector", "perceiver_lm", "alignment_projector", "target"]
     base_parts = ["vit", "baseline_projector", "target"]
     # stage 1: projectors train; the target passes gradients back to them; everything before is frozen
     stage1 = {"vit": 1, "perceiver_projector": 1, "perceiver_lm": 1, "alignment_projector": 3,
               "baseline_projector": 3, "target": 2}
     result = {}
-    for name, parts in (("dpa", dpa_parts), ("baseline", base_parts)):
+    for name, parts, f in (("dpa", dpa_parts, dpa_fwd), ("baseline", base_parts, fwd)):
         result[name] = {
-            "forward": {p: fwd[p] for p in parts},
-            "stage1": {p: fwd[p] * stage1[p] for p in parts},
-            "stage2": {p: fwd[p] * 3 for p in parts},
+            "forward": {p: f[p] for p in parts},
+            "stage1": {p: f[p] * stage1[p] for p in parts},
+            "stage2": {p: f[p] * 3 for p in parts},
         }
         for key in ("forward", "stage1", "stage2"):
             result[name][key]["total"] = sum(result[name][key].values())
