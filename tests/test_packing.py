@@ -57,14 +57,17 @@ def test_packed_and_padded_agree(zoo, baseline_stage2, dpa_stage2, kind):
 def test_packs_are_deterministic_and_within_budget():
     from llava_dpa.data.packing import PackedBatchSampler
 
-    lengths = [30, 200, 120, 80, 400, 10, 60, 300, 90, 50]
+    lengths = [30, 200, 120, 80, 400, 10, 60, 300, 90, 50, 170, 20, 350, 5, 140]
     sampler = PackedBatchSampler(lengths, budget=400, seed=3)
     first = sampler.packs()
     assert first == PackedBatchSampler(lengths, budget=400, seed=3).packs()   # a resumed run sees the same packs
     assert sorted(i for pack in first for i in pack) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in pack) <= 400 for pack in first)
-    sampler.set_epoch(1)
-    assert sampler.packs() != first and len(sampler) == len(sampler.packs())
+    assert PackedBatchSampler(lengths, budget=400, seed=4).packs() != first
+    for epoch in range(1, 6):   # every epoch the same packs, as many as the Trainer counted, in its own order
+        sampler.set_epoch(epoch)
+        assert len(sampler) == len(first) and sorted(sampler.packs()) == sorted(first)
+        assert sampler.packs() != first
 
 
 @pytest.mark.fast

@@ -26,6 +26,18 @@ def test_length_buckets_partition_and_bound_the_padding():
     assert length_buckets(lengths) == groups and length_buckets([]) == []
 
 
+@pytest.mark.fast
+def test_under_zero3_the_perceiver_runs_one_batch_in_order():
+    """Every ZeRO-3 rank must call each module equally often; the bucket count depends on the rank's samples."""
+    from llava_dpa.perceiver.buckets import perceiver_buckets
+
+    module = torch.nn.Linear(2, 2)
+    lengths = [5, 900, 7, 300]
+    assert len(perceiver_buckets(lengths, module)) > 1
+    module.weight.ds_id = 0   # what DeepSpeed's zero.Init marks a partitioned parameter with
+    assert perceiver_buckets(lengths, module) == [[0, 1, 2, 3]]
+
+
 def positions_computed(module, calls):
     """A hook recording the [batch, width] of every call to `module`."""
     def hook(_, args, kwargs):
@@ -37,19 +49,19 @@ def positions_computed(module, calls):
 @pytest.mark.fast
 def test_qwen_vl_perceiver_buckets_whole_images_of_different_sizes(zoo):
     tower = tower_for("dpa:" + zoo["qwen2_5_vl"], zoo)
-    pixels = tower.image_processor(images((16, 16), (96, 96), (16, 24)))["pixel_values"]
-    contexts = [[[], []], [[]]]   # sample 0: a small and a large image; sample 1: a small one
+    pixels = tower.image_processor(images((16, 24), (16, 16), (96, 96)))["pixel_values"]
+    contexts = [[[]], [[], []]]   # sample 0: a small image; sample 1: a small and a large one (its bucket runs first)
     calls = []
     handle = positions_computed(tower.perceiver.language_model, calls)
     with torch.no_grad():
         together = tower(pixels, contexts=contexts)
     handle.remove()
     with torch.no_grad():
-        alone = tower(pixels[:2], contexts=[[[], []]]) + tower(pixels[2:], contexts=[[[]]])
+        alone = tower(pixels[:1], contexts=[[[]]]) + tower(pixels[1:], contexts=[[[], []]])
     assert [f.shape for f in together] == [f.shape for f in alone]
     assert max((a - b).abs().max().item() for a, b in zip(together, alone)) < 1e-5
     prefix = len(tower.prefix_ids)
-    real = prefix + together[0].shape[0] + together[1].shape[0] + prefix + together[2].shape[0]
+    real = prefix + together[0].shape[0] + prefix + together[1].shape[0] + together[2].shape[0]
     assert len(calls) == 2 and sum(b * w for b, w in calls) == real   # no padded position at all
     assert 2 * max(w for _, w in calls) > 3 * real / 2                # one padded batch would have cost more
 

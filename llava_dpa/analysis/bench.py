@@ -234,7 +234,8 @@ def analytic(pipelines: dict, configs: dict | None) -> dict | None:
     side = dpa.images[0].shape[-1] if native else tower.image_size  # whole images: the processed image's side
     f = training_flops(lm(configs["target"]), lm(configs["perceiver_lm"]), configs["vit"],
                        image_size=side, tiles=1, text_tokens=base.text_tokens(),
-                       prefix_tokens=len(getattr(tower, "prefix_ids", []) or []), native=native)
+                       prefix_tokens=len(getattr(tower, "prefix_ids", []) or []), native=native,
+                       delimiters=0 if getattr(tower, "visual_positions_only", False) else 2)
     ratio = f["ratio_dpa_over_baseline"]
     return {"prefill": ratio["forward"], "decode": 1.0, "train_stage2": ratio["stage2"], "train_stage1": ratio["stage1"],
             "flops": {k: v for k, v in f.items() if k in ("dpa", "baseline", "tokens")}}

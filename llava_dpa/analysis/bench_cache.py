@@ -29,7 +29,7 @@ def run(args) -> int:
         pipelines = {(name, mode): Pipeline(f"{name} {mode}", built[name], device, dtype, args.text_tokens,
                                             seed=args.seed, cached_features=mode == "cached")
                      for mode in ("live", "cached") for name in ("DPA", "baseline")}
-    seconds = measure(list(pipelines.values()), args.repeats, args.warmup, only=("train_stage1",))
+        seconds = measure(list(pipelines.values()), args.repeats, args.warmup, only=("train_stage1",))
     step = {key: seconds[p.name]["train_stage1"]["seconds"] for key, p in pipelines.items()}
     report = {**run_environment(args, device),
               "median_step_s": {p.name: step[key] for key, p in pipelines.items()},

@@ -9,8 +9,8 @@ perceiver LM's activations are then kept for a backward that never reaches a tra
 4.57 hooks the target's embeddings only.
 
 The step trains the target and the projector with the tower frozen, after `enable_input_require_grads()`. It
-reports the median step time, the bytes autograd saved for the backward (activation memory, on any device)
-and, on CUDA, the peak memory.
+reports the median step time, the activations autograd saved for the backward (each storage once, the weights
+not counted; measurable on any device) and, on CUDA, the peak memory.
 """
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ import torch
 def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]:
     from llava_dpa.analysis.bench import _sync
 
-    saved = [0]
+    # activations only: each storage once (ops share saved inputs), the weights themselves not counted
+    weights = {p.untyped_storage().data_ptr() for p in pipeline.model.parameters()}
+    storages = {}
 
     def pack(t):
-        saved[0] += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     labels = pipeline.input_ids.clone()
@@ -48,7 +52,7 @@ def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]
         model.zero_grad(set_to_none=True)
         model.eval()
     peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
-    return saved[0], time.perf_counter() - start, peak
+    return sum(storages.values()), time.perf_counter() - start, peak
 
 
 def run(args) -> int:
@@ -62,21 +66,21 @@ def run(args) -> int:
         print(f"built from this project's classes at scale {args.scale}: {describe(built['configs'])}")
         pipelines = {name: Pipeline(name, built[name], device, _DTYPES[args.dtype], args.text_tokens, seed=args.seed)
                      for name in ("DPA", "baseline")}
-    for p in pipelines.values():
-        p.model.requires_grad_(True)
-        p.tower.requires_grad_(False)
-        p.model.enable_input_require_grads()  # as llava's train.py under --gradient_checkpointing
-    results = {}
-    try:
-        for i in range(args.warmup + args.repeats):
-            for mode in ("after", "before"):
-                VisionTower.frozen_without_autograd = mode == "after"
-                for name, p in pipelines.items():
-                    saved, seconds, peak = saved_bytes_and_seconds(p, device)
-                    if i >= args.warmup:
-                        results.setdefault((name, mode), []).append((saved, seconds, peak))
-    finally:
-        VisionTower.frozen_without_autograd = True
+        for p in pipelines.values():
+            p.model.requires_grad_(True)
+            p.tower.requires_grad_(False)
+            p.model.enable_input_require_grads()  # as llava's train.py under --gradient_checkpointing
+        results = {}
+        try:
+            for i in range(args.warmup + args.repeats):
+                for mode in ("after", "before"):
+                    VisionTower.frozen_without_autograd = mode == "after"
+                    for name, p in pipelines.items():
+                        saved, seconds, peak = saved_bytes_and_seconds(p, device)
+                        if i >= args.warmup:
+                            results.setdefault((name, mode), []).append((saved, seconds, peak))
+        finally:
+            VisionTower.frozen_without_autograd = True
     rows = {}
     for (name, mode), runs in results.items():
         rows[f"{name} {mode}"] = {"saved_for_backward_mib": runs[0][0] / 2**20,

@@ -46,12 +46,13 @@ def vit_forward(preset, image_size: int) -> tuple[float, int]:
 
 def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
                    image_size: int = 448, tiles: int = 1, text_tokens: int = 512, prefix_tokens: int = 8,
-                   native: bool = False) -> dict:
+                   native: bool = False, delimiters: int = 2) -> dict:
     """Per-sample FLOPs by component, forward and per training stage, for DPA and its baseline.
 
     native: the Qwen-VL-native perceiver (the official release's form) instead of the LLaVA-format one: the
     ViT's merger projects straight to the perceiver LM's width (no perceiver projector), the perceiver LM also
-    reads the image's two delimiters, and the target receives those N + 2 features."""
+    reads the image's `delimiters` (two; its features keep them unless --perceiver_visual_positions_only), and
+    the target receives those N + delimiters features."""
     vit_f, visual = vit_forward(vit, image_size)
     vit_f, visual = vit_f * tiles, visual * tiles
     d_vit, d_p, d_t = (config_of(vit)["out_hidden_size"], config_of(perceiver_lm)["hidden_size"],
@@ -70,8 +71,8 @@ def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
         merged_at_lm, _ = vit_forward({**config_of(vit), "out_hidden_size": d_p}, image_size)
         dpa_fwd.update(vit=merged_at_lm * tiles, perceiver_projector=0.0,
                        perceiver_lm=lm_forward(perceiver_lm, visual // tiles + prefix_tokens + 2, head=False) * tiles,
-                       alignment_projector=2.0 * mlp2x(d_p, d_t) * (visual + 2 * tiles),
-                       target=lm_forward(target, target_tokens + 2 * tiles, head=True))
+                       alignment_projector=2.0 * mlp2x(d_p, d_t) * (visual + delimiters * tiles),
+                       target=lm_forward(target, target_tokens + delimiters * tiles, head=True))
     dpa_parts = ["vit", "perceiver_projector", "perceiver_lm", "alignment_projector", "target"]
     base_parts = ["vit", "baseline_projector", "target"]
     # stage 1: projectors train; the target passes gradients back to them; everything before is frozen
@@ -88,5 +89,5 @@ def training_flops(target, perceiver_lm="qwen3-0.6b", vit="qwen2.5-vl-vit",
             result[name][key]["total"] = sum(result[name][key].values())
     result["ratio_dpa_over_baseline"] = {k: result["dpa"][k]["total"] / result["baseline"][k]["total"]
                                          for k in ("forward", "stage1", "stage2")}
-    result["tokens"] = {"visual": visual, "text": text_tokens, "perceiver_per_tile": visual // tiles + prefix_tokens}
+    result["tokens"] = {"visual": visual, "text": text_tokens, "perceiver_per_tile": visual // tiles + prefix_tokens + (2 if native else 0)}
     return result

@@ -7,8 +7,9 @@ The model splices every sample's images as usual, then lays the samples end to e
 position ids that restart per sample, which flash-attention-2 reads as varlen boundaries), and no label
 crosses a sample boundary. The target thus computes no padding at all.
 
-The order is a deterministic function of --seed and the epoch (a seeded shuffle, then first-fit in that
-order), so a resumed run, which skips the batches it already trained, sees the same packs.
+The packs are cut once (next-fit over a shuffle seeded by --seed) and each epoch trains them in an order
+seeded by --seed and the epoch: a resumed run, which skips the batches it already trained, sees the same
+packs, and every epoch has as many packs as the Trainer counted.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from llava_dpa.data.tokenization import IGNORE_INDEX
 
 
 class PackOrder:
-    """The order samples are packed in: a shuffle seeded by --seed and the epoch.
+    """The order packs are trained in: a shuffle seeded by --seed and the epoch.
 
     It is the batch sampler's `sampler`, as torch's BatchSampler has one, so that accelerate's
     `set_epoch` reaches it also when it shards the packs over processes (it looks for
@@ -42,19 +43,22 @@ class PackOrder:
 
 
 class PackedBatchSampler:
-    """Batches of sample indices, each a pack of at most `budget` expanded tokens (a longer sample alone), made
-    first-fit in `PackOrder`'s order."""
+    """Batches of sample indices, each a pack of at most `budget` expanded tokens (a longer sample alone).
+
+    The packs are cut once, next-fit over a shuffle seeded by --seed; each epoch trains them in `PackOrder`'s
+    order. Their number is thus the same in every epoch, which transformers' Trainer assumes when it sizes
+    the schedule and finds where a resumed run stands (packs cut anew per epoch would vary in number)."""
 
     def __init__(self, lengths: list[int], budget: int, seed: int = 0):
         self.lengths, self.budget = list(lengths), int(budget)
-        self.sampler = PackOrder(len(self.lengths), seed)
+        order = list(range(len(self.lengths)))
+        random.Random(int(seed)).shuffle(order)
+        self._packs = self._next_fit(order)
+        self.sampler = PackOrder(len(self._packs), seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def packs(self) -> list[list[int]]:
+    def _next_fit(self, order: list[int]) -> list[list[int]]:
         packs, current, used = [], [], 0
-        for i in self.sampler:
+        for i in order:
             n = self.lengths[i]
             if current and used + n > self.budget:
                 packs.append(current)
@@ -65,11 +69,18 @@ class PackedBatchSampler:
             packs.append(current)
         return packs
 
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def packs(self) -> list[list[int]]:
+        """This epoch's packs, in the order they train."""
+        return [self._packs[i] for i in self.sampler]
+
     def __iter__(self):
         return iter(self.packs())
 
     def __len__(self) -> int:
-        return len(self.packs())
+        return len(self._packs)
 
 
 def pack_rows(inputs_embeds, attention_mask, labels):
