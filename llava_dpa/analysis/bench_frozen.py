@@ -64,23 +64,22 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="llava-dpa-bench-frozen-") as tmp:
         built = build_pair(args.preset, args.scale, tmp, args.image_size, _DTYPES[args.dtype], args.seed)
         print(f"built from this project's classes at scale {args.scale}: {describe(built['configs'])}")
-        pipelines = {name: Pipeline(name, built[name], device, _DTYPES[args.dtype], args.text_tokens, seed=args.seed)
-                     for name in ("DPA", "baseline")}
-        for p in pipelines.values():
+        pipelines = {(name, mode): Pipeline(f"{name} {mode}", built[name], device, _DTYPES[args.dtype],
+                                            args.text_tokens, seed=args.seed)
+                     for mode in ("after", "before") for name in ("DPA", "baseline")}
+        for (_, mode), p in pipelines.items():
             p.model.requires_grad_(True)
             p.tower.requires_grad_(False)
+            for module in p.model.modules():  # "before": every tower (a perceiver's ViT too) runs as its caller has it
+                if isinstance(module, VisionTower):
+                    module.frozen_without_autograd = mode == "after"
             p.model.enable_input_require_grads()  # as llava's train.py under --gradient_checkpointing
         results = {}
-        try:
-            for i in range(args.warmup + args.repeats):
-                for mode in ("after", "before"):
-                    VisionTower.frozen_without_autograd = mode == "after"
-                    for name, p in pipelines.items():
-                        saved, seconds, peak = saved_bytes_and_seconds(p, device)
-                        if i >= args.warmup:
-                            results.setdefault((name, mode), []).append((saved, seconds, peak))
-        finally:
-            VisionTower.frozen_without_autograd = True
+        for i in range(args.warmup + args.repeats):
+            for key, p in pipelines.items():
+                saved, seconds, peak = saved_bytes_and_seconds(p, device)
+                if i >= args.warmup:
+                    results.setdefault(key, []).append((saved, seconds, peak))
     rows = {}
     for (name, mode), runs in results.items():
         rows[f"{name} {mode}"] = {"saved_for_backward_mib": runs[0][0] / 2**20,
@@ -90,7 +89,7 @@ def run(args) -> int:
               "before_over_after": {n: {"saved": rows[f"{n} before"]["saved_for_backward_mib"]
                                         / rows[f"{n} after"]["saved_for_backward_mib"],
                                         "step": rows[f"{n} before"]["step_s"] / rows[f"{n} after"]["step_s"]}
-                                    for n in pipelines}}
+                                    for n in ("DPA", "baseline")}}
     print(f"{'':18s}{'saved for backward':>20s}{'step':>10s}{'peak CUDA':>11s}")
     for key, r in rows.items():
         peak = f"{r['peak_cuda_gib']:.2f} GiB" if r["peak_cuda_gib"] is not None else "-"

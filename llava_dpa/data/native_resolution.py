@@ -134,4 +134,10 @@ def patches_and_grids(images: list[torch.Tensor], vision_config) -> tuple[torch.
     grids = [(1, x.shape[1] // p, x.shape[2] // p) for x in images]
     patches = torch.cat([patchify(x, p, m, t) for x in images])
     grid = torch.tensor(grids, device=patches.device)
-    return patches, grid, [h * w // (m * m) for _, h, w in grids]
+    return patches, grid, merged_counts(images, vision_config)
+
+
+def merged_counts(images: list[torch.Tensor], vision_config) -> list[int]:
+    """Each whole image's number of merged visual tokens, without patchifying it."""
+    p, m = vision_config.patch_size, vision_config.spatial_merge_size
+    return [(x.shape[1] // p) * (x.shape[2] // p) // (m * m) for x in images]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
+from llava_dpa.data.native_resolution import NativeResolutionProcessor, merged_counts, patches_and_grids, whole_images
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.mrope import image_positions
@@ -223,8 +223,7 @@ class QwenVLPerceiverTower(VisionTower):
         """Per image, its features. The samples' sequences run in length buckets (perceiver/buckets.py): whole
         images at native resolution differ widely in token count, and one batch padded to the longest would
         spend most of its compute on padding."""
-        p, m = self.perceiver.vision_config.patch_size, self.perceiver.vision_config.spatial_merge_size
-        merged = [(x.shape[1] // p) * (x.shape[2] // p) // (m * m) for x in images]  # as patches_and_grids counts
+        merged = merged_counts(images, self.perceiver.vision_config)
         first_image = [0]
         for sample in contexts:
             first_image.append(first_image[-1] + len(sample))

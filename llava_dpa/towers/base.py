@@ -170,8 +170,8 @@ class VisionTower(nn.Module, ABC):
                     for image in images]
         return self.encode(images.to(device=self.device, dtype=self.dtype), **tower_inputs)
 
-    #: False lets a frozen tower run with autograd as its caller has it: only `llava-dpa bench-frozen` sets it, to
-    #: measure what the explicit no_grad saves
+    #: False lets a frozen tower run with autograd as its caller has it: only `llava-dpa bench-frozen` sets it (on
+    #: its own "before" models), to measure what the explicit no_grad saves
     frozen_without_autograd = True
 
     #: how many distinct (images, inputs) results inference keeps
