@@ -15,6 +15,7 @@ from llava_dpa.data.dataset import DataSpec, make_supervised_data_module
 from llava_dpa.loading import load_tokenizer
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
+from llava_dpa.training.distributed import end_process_group
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
 from llava_dpa.training.run_config import (RunConfig, RunConfigError, Stage, apply_model_config, check_against_tower,
                                            check_resume, parse_run_config, write_run_config)
@@ -152,4 +153,5 @@ def train(attn_implementation=None, argv=None):
         print(f"[llava-dpa] resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     save_final(trainer, model, tokenizer, run)
+    end_process_group()
     return trainer
