@@ -71,9 +71,11 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, packed, port, z
     tower, stage1 = (zoo["clip"], baseline_stage1) if kind == "baseline" else (str(perceiver), dpa_stage1)
     per_device, packing = (1, ["--packing_budget", "1024"]) if packed else (2, [])
     two = tmp_path / "two"
-    run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, per_device, 1,
-                                          ["--save_strategy", "steps", "--save_steps", "2", *packing]),
-        env=env_for(tmp_path / "probe2"), timeout=1200)
+    trained = run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, per_device, 1,
+                                                    ["--save_strategy", "steps", "--save_steps", "2", *packing]),
+                  env=env_for(tmp_path / "probe2"), timeout=1200)
+    if packed:   # the two ranks measured half the lengths each and cut the same packs (the losses below)
+        assert "packing: 32 samples measured and cut into" in trained.stdout
     ranks = probes(tmp_path / "probe2")
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
     assert all(r["compared"] > 10 and r["max_abs_diff"] == 0.0 for r in ranks)
@@ -108,11 +110,32 @@ def test_a_killed_two_process_zero3_run_resumes(zoo, perceiver, dpa_stage1, repe
     shutil.rmtree(out)
 
 
-GLOO_RANK = """
-import importlib.util, os, sys, torch, torch.distributed as dist
+def two_gloo_ranks(script: str, port: int, *args: str) -> list[tuple[int, str, str]]:
+    """Run `script` as ranks 0 and 1 of a gloo job (python -c); each rank's exit code, stdout and stderr."""
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    with tempfile.TemporaryDirectory() as folder:   # files, not pipes: a rank blocked on a full pipe stalls the job
+        logs = [(open(f"{folder}/{r}.out", "w+"), open(f"{folder}/{r}.err", "w+")) for r in range(2)]
+        ranks = [subprocess.Popen([PY, "-c", script, *args], env=dict(env, RANK=str(r)), stdout=out, stderr=err,
+                                  text=True) for r, (out, err) in enumerate(logs)]
+        codes = [p.wait(timeout=120) for p in ranks]
+        outcomes = []
+        for code, files in zip(codes, logs):
+            for f in files:
+                f.seek(0)
+            outcomes.append((code, files[0].read(), files[1].read()))
+            for f in files:
+                f.close()
+        return outcomes
+
+
+ENDING_RANK = """
+import importlib.util, sys, torch, torch.distributed as dist
 spec = importlib.util.spec_from_file_location("distributed", sys.argv[1])
 distributed = importlib.util.module_from_spec(spec); spec.loader.exec_module(distributed)
-dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=2)
+dist.init_process_group("gloo")
 x = torch.tensor([float(dist.get_rank())])
 for _ in range(3):
     dist.all_gather([torch.empty(1), torch.empty(1)], x)
@@ -126,12 +149,35 @@ def test_gloo_ranks_exit_cleanly_after_end_process_group():
     """Eight two-rank gloo jobs that end as training does (llava_dpa/training/distributed.py): every rank exits 0.
     Without end_process_group, 9 of 30 such jobs had a rank abort at interpreter exit (SIGABRT), so a revert fails
     here with probability above 0.9; that abort failed this file's ZeRO-3 test in CI after a complete run."""
-    import subprocess
-
     module = str(REPO / "llava_dpa" / "training" / "distributed.py")
     for job in range(8):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29671 + job))
-        ranks = [subprocess.Popen([PY, "-c", GLOO_RANK, module], env=dict(env, RANK=str(r)), stderr=subprocess.PIPE,
-                                  text=True) for r in range(2)]
-        outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in ranks]
-        assert all(code == 0 for code, _ in outcomes), (job, outcomes)
+        outcomes = two_gloo_ranks(ENDING_RANK, 29671 + job, module)
+        assert all(code == 0 for code, _, _ in outcomes), (job, outcomes)
+
+
+MEASURING_RANK = """
+import json, torch.distributed as dist
+from llava_dpa.data.packing import expanded_lengths
+from llava_dpa.training.distributed import end_process_group
+
+class Samples:
+    measured = []
+    def __len__(self):
+        return 11
+    def expanded_length(self, i):
+        self.measured.append(i)
+        return 1000 - 7 * i * i
+
+dist.init_process_group("gloo")
+lengths = expanded_lengths(Samples())
+print(json.dumps({"measured": Samples.measured, "lengths": lengths}))
+end_process_group()
+"""
+
+
+def test_two_ranks_measure_half_the_packing_lengths_each_and_agree_on_all():
+    ranks = two_gloo_ranks(MEASURING_RANK, 29681)
+    assert all(code == 0 for code, _, _ in ranks), ranks
+    results = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in ranks]
+    assert [r["measured"] for r in results] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
+    assert all(r["lengths"] == [1000 - 7 * i * i for i in range(11)] for r in results)

@@ -71,6 +71,18 @@ def test_packs_are_deterministic_and_within_budget():
 
 
 @pytest.mark.fast
+def test_the_ranks_shares_of_the_lengths_merge_into_sample_order():
+    from llava_dpa.data.packing import interleave
+
+    lengths = [37, 5, 120, 64, 9, 300, 18, 77, 2, 45]
+    for world in (1, 2, 3, 4, 12):   # 12 ranks for 10 samples: two ranks measure none
+        shares = [lengths[rank::world] for rank in range(world)]
+        assert interleave(shares, len(lengths)) == lengths
+    with pytest.raises(ValueError, match="rank 1 measured 4 samples, expected 5.*--data_path"):
+        interleave([lengths[0::2], lengths[1::2][:4]], len(lengths))
+
+
+@pytest.mark.fast
 def test_the_epoch_reaches_the_pack_order_through_accelerate_also_when_sharded():
     from accelerate.data_loader import prepare_data_loader
     from torch.utils.data import DataLoader

@@ -20,6 +20,36 @@ import torch
 from llava_dpa.data.tokenization import IGNORE_INDEX
 
 
+def expanded_lengths(dataset) -> list[int]:
+    """Every sample's expanded length (`dataset.expanded_length`), measured once across the processes.
+
+    Measuring tokenizes every sample: about 700 samples/s per process with the Qwen3 tokenizer, 15 minutes for
+    LLaVA-665K. Each rank measures every world-th sample and the ranks exchange their shares, so the time
+    divides by the number of processes and every rank ends with the same list (the same packs)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    mine = [dataset.expanded_length(i) for i in range(rank, len(dataset), world)]
+    if world == 1:
+        return mine
+    shares = [None] * world
+    dist.all_gather_object(shares, mine)
+    return interleave(shares, len(dataset))
+
+
+def interleave(shares: list[list[int]], total: int) -> list[int]:
+    """Rank r's share holds samples r, r + world, r + 2 world, ...; the whole list in sample order."""
+    world = len(shares)
+    merged = [0] * total
+    for rank, share in enumerate(shares):
+        if len(share) != len(range(rank, total, world)):
+            raise ValueError(f"rank {rank} measured {len(share)} samples, expected {len(range(rank, total, world))}: "
+                             "the processes loaded different datasets (check --data_path on every node)")
+        merged[rank::world] = share
+    return merged
+
+
 class PackOrder:
     """The order packs are trained in: a shuffle seeded by --seed and the epoch.
 

@@ -68,11 +68,14 @@ class DPATrainer(LLaVATrainer):
             return super().get_train_dataloader()
         from torch.utils.data import DataLoader
 
-        from llava_dpa.data.packing import PackedBatchSampler
+        from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
 
         dataset = self.train_dataset
-        lengths = [dataset.expanded_length(i) for i in range(len(dataset))]
-        sampler = PackedBatchSampler(lengths, budget, seed=self.args.seed)
+        started = time.perf_counter()
+        sampler = PackedBatchSampler(expanded_lengths(dataset), budget, seed=self.args.seed)
+        if self.is_world_process_zero():
+            print(f"[llava-dpa] packing: {len(dataset)} samples measured and cut into {len(sampler)} packs of at "
+                  f"most {budget} tokens in {time.perf_counter() - started:.1f}s", flush=True)
         collate = self.data_collator
 
         def packed(instances):
