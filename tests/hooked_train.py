@@ -75,6 +75,8 @@ def _dying_save(self, output_dir):
 T.DPATrainer._save_rng_state = _dying_save
 
 if __name__ == "__main__":
+    import torch.distributed as dist
     from llava.train.train import train
 
     train()
+    assert not dist.is_initialized(), "train() returned with its process group alive (end_process_group)"

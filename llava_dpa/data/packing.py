@@ -23,19 +23,34 @@ from llava_dpa.data.tokenization import IGNORE_INDEX
 def expanded_lengths(dataset) -> list[int]:
     """Every sample's expanded length (`dataset.expanded_length`), measured once across the processes.
 
-    Measuring tokenizes every sample: about 700 samples/s per process with the Qwen3 tokenizer, 15 minutes for
-    LLaVA-665K. Each rank measures every world-th sample and the ranks exchange their shares, so the time
-    divides by the number of processes and every rank ends with the same list (the same packs)."""
+    Measuring tokenizes every sample (about 700 samples/s per process with the Qwen3 tokenizer on CPU, so some
+    15 minutes for LLaVA-665K). Each rank measures every world-th sample and the ranks exchange their shares, so
+    the time divides by the number of processes and every rank ends with the same list (the same packs). A rank
+    that fails, or that loaded a dataset of another size, makes every rank raise after the exchange, rather
+    than leave the others waiting in it until the process-group timeout."""
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
-    mine = [dataset.expanded_length(i) for i in range(rank, len(dataset), world)]
     if world == 1:
-        return mine
+        return [dataset.expanded_length(i) for i in range(len(dataset))]
+    rank = dist.get_rank()
+    share = {"total": len(dataset), "lengths": [], "problem": None}
+    try:
+        share["lengths"] = [dataset.expanded_length(i) for i in range(rank, len(dataset), world)]
+    except Exception as exc:  # re-raised below, here with its traceback, on the other ranks by name
+        share["problem"] = f"{type(exc).__name__}: {exc}"
+        failure = exc
     shares = [None] * world
-    dist.all_gather_object(shares, mine)
-    return interleave(shares, len(dataset))
+    dist.all_gather_object(shares, share)
+    if share["problem"] is not None:
+        raise failure
+    failed = [(r, s["problem"]) for r, s in enumerate(shares) if s["problem"] is not None]
+    if failed:
+        raise RuntimeError(f"measuring the samples for --packing_budget failed on rank {failed[0][0]}: {failed[0][1]}")
+    totals = sorted({s["total"] for s in shares})
+    if len(totals) > 1:
+        raise ValueError(f"the processes loaded datasets of {totals} samples: every node needs the same --data_path")
+    return interleave([s["lengths"] for s in shares], len(dataset))
 
 
 def interleave(shares: list[list[int]], total: int) -> list[int]:

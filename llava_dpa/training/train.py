@@ -114,6 +114,8 @@ def prepare_output_dir(run: RunConfig) -> str | None:
 
 
 def train(attn_implementation=None, argv=None):
+    """Parse, build, train and save one run. A distributed run's process group ends here
+    (`end_process_group`), so a caller cannot use it afterwards."""
     run = parse_run_config(argv, attn_implementation)
     last = prepare_output_dir(run)
 
