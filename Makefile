@@ -55,14 +55,17 @@ test:
 	$(MAKE) test-line TRANSFORMERS=$(TRANSFORMERS_5) OTHER_VENV=.venv || rc=1; \
 	exit $$rc
 
-# One line's whole suite: make test-line TRANSFORMERS=5.24.0
+# One line's whole suite on two xdist workers: make test-line TRANSFORMERS=5.24.0. It prints the 25 slowest
+# tests and a line for every skip and failure, so each CI log shows where the time goes.
+WORKERS ?= 2
 test-line: setup setup-eval
 	@echo "== transformers $(TRANSFORMERS) ($(VENV))"
-	LLAVA_DPA_OTHER_PYTHON=$(if $(OTHER_VENV),$(CURDIR)/$(OTHER_VENV)/bin/python) $(PY) -m pytest -q tests
+	LLAVA_DPA_OTHER_PYTHON=$(if $(OTHER_VENV),$(CURDIR)/$(OTHER_VENV)/bin/python) \
+	  $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=25 -ra tests
 
-# The fast tier: pure logic, no training subprocess (pytest marker `fast`).
+# The fast tier: pure logic, no training (pytest marker `fast`).
 test-fast: setup
-	$(PY) -m pytest -q -m fast tests
+	$(PY) -m pytest -q -m fast --durations=10 -ra tests
 
 patch-check: setup
 	$(VENV)/bin/llava-dpa patch-llava --check

@@ -60,7 +60,13 @@ setup(
         "flash-attn": ["flash-attn>=2.6"],
         "eval": ["lmms-eval>=0.7.3", "matplotlib>=3.7"],
         "analysis": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "bitsandbytes>=0.45", "deepspeed>=0.15", "matplotlib>=3.7"],
+        # LLaVA's controller, model worker and gradio web UI (docs/serving_llava.md). gradio 5.50.0: the last line
+        # whose huggingface-hub range admits both transformers lines (6.x needs hub>=1.16, which 4.57 refuses) and
+        # that runs LLaVA's tuple chatbot (6.x takes messages only); playwright drives the web UI test's system
+        # chromium (no browser is downloaded)
+        "serve": ["gradio==5.50.0", "fastapi>=0.115.2,<1", "uvicorn>=0.30", "playwright>=1.45"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "bitsandbytes>=0.45", "deepspeed>=0.15",
+                "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["llava-dpa=llava_dpa.cli:main"],
                   "lmms_eval.models": ["llava_dpa=llava_dpa.eval.lmms_plugin:manifest"]},

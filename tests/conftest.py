@@ -1,33 +1,117 @@
-"""Shared fixtures: the tiny zoo and a few trained checkpoints, built once per test session."""
+"""Shared test machinery: running commands, free ports, and the trained checkpoints that many tests read.
+
+Expensive checkpoints are built once per test session. Under pytest-xdist (`make test-line` runs two workers)
+the first worker to need one builds it in a folder both workers see, under a file lock; the other waits and
+reuses it (`built_once`). Fixtures that hand out live objects (a trainer) cannot cross processes: the tests
+that share one carry the same `xdist_group` mark, so they run on one worker.
+"""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-from llava_dpa.zoo.recipes import TINY_PINPOINTS  # noqa: F401  (tests import it from here)
+from llava_dpa.zoo.recipes import TINY_PINPOINTS  # noqa: F401,E402  (tests import it from here)
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    # Two workers on two cores: each worker, and every process it starts, computes on one thread, so the
+    # workers do not fight over the cores (and a 2-rank DeepSpeed job gets one core per rank).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    torch.set_num_threads(1)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run(cmd, env=None, check=True, input=None, timeout=600, cwd=REPO):
-    """Run a command (list) and return the CompletedProcess; on failure show its output."""
+    """Run a command (list) in its own process group and return the CompletedProcess; on failure show its
+    output. On a timeout the whole group is killed (a launcher's ranks, a recipe's training) and the error
+    shows what the command had printed."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-    proc = subprocess.run([str(c) for c in cmd], env=full_env, input=input, capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
-                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
-    return proc
+    cmd = [str(c) for c in cmd]
+    proc = subprocess.Popen(cmd, env=full_env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"command timed out after {timeout} s (its process group was killed): {' '.join(cmd)}\n"
+                             f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-6000:]}") from None
+    finally:
+        _kill_group(proc)  # nothing it started outlives it
+    done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    if check and done.returncode != 0:
+        raise AssertionError(f"command failed ({done.returncode}): {' '.join(cmd)}\n"
+                             f"--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-6000:]}")
+    return done
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it), for a launcher's rendezvous or a server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_process(command) -> None:
+    """Run a training or `llava-dpa` command in this process: `python -m llava.train.train_mem ARGS` is
+    `train(attn_implementation="flash_attention_2", argv=ARGS)` (what train_mem.py calls), `python -m
+    llava_dpa.cli ARGS` is `main(ARGS)`. The recipe runner's executor in tests."""
+    command = [str(c) for c in command]
+    module, args = command[2], command[3:]
+    assert command[1] == "-m", command
+    if module in ("llava.train.train_mem", "llava.train.train"):
+        from llava_dpa.training.train import train
+
+        train(attn_implementation="flash_attention_2" if module.endswith("train_mem") else None, argv=args)
+    elif module == "llava_dpa.cli":
+        from llava_dpa.cli import main
+
+        assert main(args) == 0, command
+    else:
+        raise AssertionError(f"no in-process form for {command}")
+
+
+def in_process_logged_call(call) -> str:
+    """`call()`, returning what it printed (the trainability table, the banner, the log lines)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        call()
+    return printed.getvalue()
+
+
+def in_process_logged(command) -> str:
+    """`in_process(command)`, returning what it printed."""
+    return in_process_logged_call(lambda: in_process(command))
 
 
 def train_cmd(zoo, output, *, stage: int, lm="qwen3_lm", tower=None, version=None, extra=(), module="llava.train.train_mem"):
     """A registry baseline's stage command on the tiny zoo (llava_dpa.zoo.recipes), with the defaults these tests
-    were written against: a CLIP tower, square images, a frozen tower, LLaVA's plain stage 1, no stage-1 input."""
+    were written against: a CLIP tower, square images, a frozen tower, LLaVA's plain stage 1, no stage-1 input.
+    `cmd[3:]` is the argv of `train(argv=...)`."""
     from llava_dpa.recipes.render import stage_command
     from llava_dpa.zoo.recipes import tiny_flags, tiny_settings
 
@@ -54,6 +138,167 @@ def train_cmd(zoo, output, *, stage: int, lm="qwen3_lm", tower=None, version=Non
     return args + list(extra)
 
 
+def losses(folder) -> dict[int, float]:
+    """A finished run's logged training loss per step (trainer_state.json)."""
+    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+# ---- built once per session, shared by the xdist workers ------------------------------------------------------
+
+def _shared_root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if WORKER else base  # under xdist: the run's folder above each worker's own
+
+
+@contextmanager
+def _locked(tmp_path_factory, name):
+    root = _shared_root(tmp_path_factory)
+    with FileLock(str(root / f"{name}.lock")):
+        yield root / name
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`root/name`, made by `build(folder)` by the first worker that asks; `.complete` marks it finished. A
+    failed build leaves no mark, so the next asker builds again (and fails with its own traceback)."""
+    with _locked(tmp_path_factory, name) as folder:
+        if not (folder / ".complete").is_file():
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            build(folder)
+            (folder / ".complete").touch()
+        return folder
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    from llava_dpa.zoo import build_zoo
+
+    return build_zoo(built_once(tmp_path_factory, "zoo", build_zoo))
+
+
+def _logged_run(cmd, folder: Path):
+    """A subprocess run whose output is kept beside its checkpoint (train.log), for tests that read it."""
+    proc = run(cmd)
+    (folder / "train.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def baseline_stage1(zoo, tmp_path_factory):
+    """Stage 1 of a CLIP + tiny-Qwen3 baseline through LLaVA's own `python -m llava.train.train_mem` (its log is
+    train.log: test_entry_points reads the flash-attention fallback warning there)."""
+    return built_once(tmp_path_factory, "baseline_stage1",
+                      lambda out: _logged_run(train_cmd(zoo, out, stage=1), out))
+
+
+@pytest.fixture(scope="session")
+def baseline_stage2(zoo, baseline_stage1, tmp_path_factory):
+    """The baseline's stage 2 (in this process), trained on the synthetic questions."""
+    return built_once(tmp_path_factory, "baseline_stage2", lambda out: in_process(train_cmd(
+        zoo, out, stage=2, extra=["--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin")])))
+
+
+@pytest.fixture(scope="session")
+def perceiver(zoo, tmp_path_factory):
+    """An untrained perceiver: the tiny Qwen2.5-VL ViT + a second tiny Qwen3 LM, random projector."""
+    return built_once(tmp_path_factory, "perceiver", lambda out: in_process([
+        PY, "-m", "llava_dpa.cli", "make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model",
+        zoo["qwen3_lm_b"], "--output", str(out), "--seed", "0"]))
+
+
+@pytest.fixture(scope="session")
+def dpa_stage1(zoo, perceiver, tmp_path_factory):
+    return built_once(tmp_path_factory, "dpa_stage1",
+                      lambda out: in_process(train_cmd(zoo, out, stage=1, tower=str(perceiver))))
+
+
+@pytest.fixture(scope="session")
+def dpa_stage2(zoo, perceiver, dpa_stage1, tmp_path_factory):
+    return built_once(tmp_path_factory, "dpa_stage2", lambda out: in_process(train_cmd(
+        zoo, out, stage=2, tower=str(perceiver),
+        extra=["--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--mm_vision_tower_lr", "2e-4"])))
+
+
+#: the LoRA / QLoRA DPA runs that test_dpa.py checks in memory and test_cross_line.py loads on the other line
+ADAPTER_FLAGS = ["--max_steps", "2", "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
+                 "--learning_rate", "1e-2"]
+
+
+@pytest.fixture(scope="session")
+def dpa_adapters(zoo, perceiver, dpa_stage1, tmp_path_factory):
+    """bits -> (checkpoint folder, trainer) of a DPA LoRA (16) and QLoRA (4) stage-2 run, trained in this
+    process; its tests carry `xdist_group("dpa_adapters")` so that one worker holds the trainers."""
+    from llava_dpa.training.train import train
+
+    made = {}
+    for bits in (16, 4):
+        out = tmp_path_factory.mktemp(f"dpa_lora{bits}")
+        made[bits] = out, train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
+            "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--bits", str(bits),
+            *ADAPTER_FLAGS])[3:])
+    return made
+
+
+#: the registry's runs shrunk further: one step of two samples
+REGISTRY_TINY = ["--max_steps", "1", "--per_device_train_batch_size", "2"]
+REGISTRY_LORA = ["--lora_r", "8", "--lora_alpha", "16"]
+
+
+def registry_rows():
+    """(entry, overrides) of every registry row the tests read, in the order `registry` trains them."""
+    import dataclasses
+
+    from llava_dpa.recipes.paper import REGISTRY
+    from llava_dpa.zoo.recipes import TINY_FLAGS
+
+    tiny = TINY_FLAGS + REGISTRY_TINY
+    return [
+        ("llava-next-qwen3-4b", tiny), ("dpa-qwen3-4b", tiny),
+        ("dpa-llama3.2-3b", tiny), ("llava-next-llama3.2-3b", tiny),
+        ("llava-next-qwen3-32b", tiny + REGISTRY_LORA), ("dpa-qwen3-32b", tiny + REGISTRY_LORA),
+        # the zoo has 34 stage-2 samples, so the nested perceiver levels shrink to 6 and 14
+        (dataclasses.replace(REGISTRY["perceiver-10k"], stage2_subset=6), tiny),
+        (dataclasses.replace(REGISTRY["perceiver-250k"], stage2_subset=14), tiny),
+        ("perceiver-stage1-only", tiny), ("perceiver-untrained", []), ("dpa-qwen3-4b-10k-perceiver", tiny),
+        (dataclasses.replace(REGISTRY["llava-next-qwen3-4b-large-mlp"], projector_budget=100_000, projector_depth=3),
+         tiny),
+        ("dpa-qwen3-4b-instruction-context", tiny), ("llava-next-qwen3-4b-perceiver-vit", tiny),
+        ("dpa-qwen3-4b-random-perceiver-lm", tiny),
+    ]
+
+
+@pytest.fixture(scope="session")
+def registry(zoo, tmp_path_factory):
+    """The cluster settings of one checkpoints folder holding every registry row the tests read, each trained by
+    `run_entry` with its prerequisites (shared stages once, completed steps skipped) through the in-process
+    executor. test_recipes.py drives the real launcher end to end in a folder of its own."""
+    from llava_dpa.recipes.runner import run_entry
+    from llava_dpa.zoo.recipes import tiny_settings
+
+    def build(folder):
+        printed = []
+        for entry, extra in registry_rows():
+            printed.append(in_process_logged_call(lambda: run_entry(entry, tiny_settings(zoo, folder), extra=extra,
+                                                                    with_prerequisites=True, execute=in_process)))
+        (folder / "registry.log").write_text("".join(printed))
+
+    return tiny_settings(zoo, built_once(tmp_path_factory, "registry", build))
+
+
+def answer_questions(checkpoint, questions, images, answers, *extra) -> list[dict]:
+    """LLaVA's `python -m llava.eval.model_vqa_loader` (what scripts/eval/llava_vqa.sh runs) in this process,
+    greedy; the answers file's rows."""
+    import runpy
+    from unittest import mock
+
+    argv = ["model_vqa_loader", "--model-path", str(checkpoint), "--question-file", str(questions), "--image-folder",
+            str(images), "--answers-file", str(answers), "--temperature", "0", *map(str, extra)]
+    with mock.patch.object(sys, "argv", argv):
+        runpy.run_module("llava.eval.model_vqa_loader", run_name="__main__")
+    return [json.loads(line) for line in Path(answers).read_text().splitlines()]
+
+
 def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
     from PIL import Image
     from llava.conversation import conv_templates
@@ -71,52 +316,6 @@ def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
             model(input_ids=ids, images=image, image_sizes=[(32, 32)])
     handle.remove()
     return seen
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory):
-    from llava_dpa.zoo import build_zoo
-
-    return build_zoo(tmp_path_factory.mktemp("zoo"))
-
-
-@pytest.fixture(scope="session")
-def baseline_stage1(zoo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("baseline_stage1")
-    run(train_cmd(zoo, out, stage=1))
-    return out
-
-
-@pytest.fixture(scope="session")
-def baseline_stage2(zoo, baseline_stage1, tmp_path_factory):
-    """A CLIP + tiny-Qwen3 baseline trained until it answers the synthetic questions."""
-    out = tmp_path_factory.mktemp("baseline_stage2")
-    run(train_cmd(zoo, out, stage=2, extra=["--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin")]))
-    return out
-
-
-@pytest.fixture(scope="session")
-def perceiver(zoo, tmp_path_factory):
-    """An untrained perceiver: the tiny Qwen2.5-VL ViT + a second tiny Qwen3 LM, random projector."""
-    out = tmp_path_factory.mktemp("perceiver") / "perceiver"
-    run([PY, "-m", "llava_dpa.cli", "make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model",
-         zoo["qwen3_lm_b"], "--output", str(out), "--seed", "0"])
-    return out
-
-
-@pytest.fixture(scope="session")
-def dpa_stage1(zoo, perceiver, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dpa_stage1")
-    run(train_cmd(zoo, out, stage=1, tower=str(perceiver)))
-    return out
-
-
-@pytest.fixture(scope="session")
-def dpa_stage2(zoo, perceiver, dpa_stage1, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dpa_stage2")
-    run(train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
-        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--mm_vision_tower_lr", "2e-4"]))
-    return out
 
 
 def tower_folder_weights(path, select_layer=-2):
@@ -157,3 +356,28 @@ def two_turn_generate(checkpoint, image_path):
         conv.messages[-1][-1] = tokenizer.decode(out[0], skip_special_tokens=True)
     return model.get_vision_tower()
 
+
+# ---- greedy answers computed two ways ---------------------------------------------------------------------------
+
+#: two next-token logits this close are a near-tie: float noise (left padding, another BLAS, another
+#: transformers line) may order them either way, so greedy decoding may part there and nowhere else
+NEAR_TIE = 1e-3
+
+
+def assert_same_greedy(model, tokenizer, prompt_ids, a: str, b: str, tie: float = NEAR_TIE, **inputs) -> None:
+    """`a` and `b`, one prompt's greedy answers computed two ways, are equal, or part at a near-tie: where their
+    tokens first differ, the model (run here on the prompt and the shared part) ranks those two tokens first and
+    second, within `tie`. `inputs` are the forward's image arguments."""
+    if a == b:
+        return
+    eos = tokenizer.eos_token_id
+    ta, tb = (tokenizer(t, add_special_tokens=False).input_ids + [eos] for t in (a, b))
+    k = next(i for i, (x, y) in enumerate(zip(ta, tb)) if x != y)
+    ids = torch.cat([prompt_ids.reshape(1, -1), torch.tensor([ta[:k]], dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, **inputs).logits[0, -1].float()
+    top2 = set(logits.topk(2).indices.tolist())
+    gap = (logits[ta[k]] - logits[tb[k]]).abs().item()
+    assert {ta[k], tb[k]} == top2 and gap <= tie, (
+        f"greedy answers {a!r} and {b!r} part at token {k}, where the logits are not a near-tie "
+        f"(gap {gap:.2e}, top two {sorted(top2)}, tokens {ta[k]} / {tb[k]})")

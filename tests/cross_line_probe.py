@@ -1,26 +1,44 @@
-"""Run by each transformers line's Python on the same checkpoint (tests/test_cross_line.py).
+"""Run by each transformers line's Python, once, on the checkpoints of tests/test_cross_line.py.
 
-Writes what must not depend on the line: the logits of a fixed image-and-text prompt, the prompt's ids, a
-fixed conversation's training ids and labels, and the layout (keys and shapes) the line writes when it
-saves the loaded model again.
-    python tests/cross_line_probe.py CKPT OUT.pt IMAGE [--model-base BASE]
+For each checkpoint it writes what must not depend on the line: the logits of a fixed image-and-text prompt, the
+prompt's ids, a fixed conversation's training ids and labels, the layout (keys and shapes) the line writes when it
+saves the loaded model again, and a two-turn greedy chat as llava.serve.cli runs it (each turn's prompt ids, its
+generated tokens and the logits of every step).
+    python tests/cross_line_probe.py OUT.pt IMAGE NAME=CHECKPOINT[,BASE] ...
 """
-import argparse
 import os
 import sys
 import tempfile
 
 import torch
 
+QUESTIONS = ("What color is the shape?", "What shape is it?")
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("checkpoint")
-    parser.add_argument("output")
-    parser.add_argument("image")
-    parser.add_argument("--model-base", default=None)
-    args = parser.parse_args()
 
+def chat(model, tokenizer, version, pixels, image_size):
+    from llava.conversation import SeparatorStyle, conv_templates
+    from llava.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+
+    from llava_dpa.llava_integration.inference import decode_reply
+
+    conv = conv_templates[version].copy()
+    turns = []
+    for turn, question in enumerate(QUESTIONS):
+        conv.append_message(conv.roles[0], ("<image>\n" if turn == 0 else "") + question)
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+        stop = conv.sep if conv.sep_style != SeparatorStyle.TWO else conv.sep2
+        with torch.no_grad():
+            out = model.generate(ids, images=pixels, image_sizes=[image_size], do_sample=False, max_new_tokens=6,
+                                 use_cache=True, stopping_criteria=[KeywordsStoppingCriteria([stop], tokenizer, ids)],
+                                 output_logits=True, return_dict_in_generate=True)
+        conv.messages[-1][-1] = decode_reply(tokenizer, out.sequences, ids)
+        turns.append({"prompt_ids": ids[0], "tokens": out.sequences[0, -len(out.logits):].tolist(),
+                      "logits": torch.stack([step[0].float() for step in out.logits])})
+    return turns
+
+
+def probe(checkpoint, base, image_path):
     from PIL import Image
     from llava.conversation import conv_templates
     from llava.mm_utils import process_images, tokenizer_image_token
@@ -30,13 +48,13 @@ def main() -> int:
     from llava_dpa.data.preprocess import preprocess
 
     torch.manual_seed(0)
-    tokenizer, model, processor, _ = load_pretrained_model(args.checkpoint, args.model_base, "x", device="cpu")
+    tokenizer, model, processor, _ = load_pretrained_model(checkpoint, base, "x", device="cpu")
     version = model.config.conv_version
     conv = conv_templates[version].copy()
     conv.append_message(conv.roles[0], "<image>\nWhat color is the shape?")
     conv.append_message(conv.roles[1], None)
     ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-    image = Image.open(args.image).convert("RGB")
+    image = Image.open(image_path).convert("RGB")
     pixels = process_images([image], processor, model.config)
     pixels = pixels.to(model.dtype) if torch.is_tensor(pixels) else [p.to(model.dtype) for p in pixels]
     with torch.no_grad():
@@ -50,8 +68,19 @@ def main() -> int:
             if name.endswith(".safetensors"):
                 with safe_open(os.path.join(folder, name), framework="pt") as f:
                     layout.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-    torch.save({"logits": logits, "prompt_ids": ids, "train_ids": sample["input_ids"][0],
-                "train_labels": sample["labels"][0], "layout": layout}, args.output)
+    return {"logits": logits, "prompt_ids": ids, "train_ids": sample["input_ids"][0],
+            "train_labels": sample["labels"][0], "layout": layout,
+            "chat": chat(model, tokenizer, version, pixels, image.size)}
+
+
+def main() -> int:
+    output, image, *specs = sys.argv[1:]
+    results = {}
+    for spec in specs:
+        name, paths = spec.split("=", 1)
+        checkpoint, _, base = paths.partition(",")
+        results[name] = probe(checkpoint, base or None, image)
+    torch.save(results, output)
     return 0
 
 

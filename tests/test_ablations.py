@@ -1,17 +1,22 @@
 """The paper's ablations (Tables 2-4): each variant's defining property, with tiny models."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import llava_dpa  # noqa: F401
-from conftest import PY, run, tower_outputs_for_questions, train_cmd
+from conftest import tower_outputs_for_questions, train_cmd
+from llava_dpa.cli import main
 from llava_dpa.data.subset import subset_indices
 from llava_dpa.training.train import train
 
-CLI = [PY, "-m", "llava_dpa.cli"]
+
+def cli(*args):
+    """`llava-dpa ARGS` in this process; must succeed."""
+    assert main([str(a) for a in args]) == 0, args
 
 
 def test_subset_data_is_deterministic_and_nested(zoo, tmp_path):
@@ -25,7 +30,7 @@ def test_subset_data_is_deterministic_and_nested(zoo, tmp_path):
         return [r["id"] for r in records]
 
     cli_out = tmp_path / "cli.json"
-    run(CLI + ["subset-data", "--input", zoo["stage2_data"], "--n", "5", "--seed", "1", "--output", str(cli_out)])
+    cli("subset-data", "--input", zoo["stage2_data"], "--n", "5", "--seed", "1", "--output", cli_out)
     small = [r["id"] for r in json.loads(cli_out.read_text())]
     large, again, other = ids(12, 1, "large.json"), ids(5, 1, "again.jsonl"), ids(5, 2, "other.json")
     assert len(small) == 5 and len(large) == 12
@@ -44,8 +49,8 @@ def test_random_lm_init_keeps_shapes_changes_weights_and_is_seeded(zoo, perceive
     outs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         outs[name] = tmp_path / name
-        run(CLI + ["make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", zoo["qwen3_lm_b"],
-                   "--output", str(outs[name]), "--random-lm-init", "--seed", str(seed)])
+        cli("make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", zoo["qwen3_lm_b"],
+            "--output", outs[name], "--random-lm-init", "--seed", seed)
     pretrained = load_file(f"{perceiver}/model.safetensors")
     a, b, c = (load_file(f"{outs[k]}/model.safetensors") for k in "abc")
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in pretrained.items()}
@@ -58,18 +63,19 @@ def test_random_lm_init_keeps_shapes_changes_weights_and_is_seeded(zoo, perceive
     assert any(not torch.equal(a[k], c[k]) for k in lm_keys)
 
 
-def test_extract_vit_from_a_dpa_checkpoint_and_train_a_baseline_with_it(zoo, dpa_stage2, tmp_path):
+def test_extract_vit_from_a_dpa_checkpoint_and_a_baseline_trained_with_one(zoo, dpa_stage2, registry, tmp_path):
     out = tmp_path / "vit"
-    run(CLI + ["extract-vit", str(dpa_stage2), "--output", str(out)])
+    cli("extract-vit", dpa_stage2, "--output", out)
     extracted = load_file(f"{out}/model.safetensors")
     target = load_file(f"{dpa_stage2}/model.safetensors")
     prefix = "model.vision_tower.perceiver.model.vision_tower.vision_tower."
     assert extracted and all(torch.equal(v, target[prefix + k]) for k, v in extracted.items())
     original = load_file(f"{zoo['qwen2_5_vl_vit']}/model.safetensors")
     assert any(not torch.equal(extracted[k], original[k]) for k in extracted)  # the fine-tuned weights
-    baseline = tmp_path / "w_o_lm_blocks"
-    run(train_cmd(zoo, baseline, stage=1, tower=str(out), extra=["--max_steps", "1"]))
-    assert json.loads((baseline / "config.json").read_text())["mm_hidden_size"] == 64
+    # the registry's w/o-LM-blocks row trained a baseline on the ViT extracted from its perceiver
+    row = json.loads((registry.checkpoints / "llava-next-qwen3-4b-perceiver-vit" / "config.json").read_text())
+    assert row["mm_hidden_size"] == 64 and (Path(row["mm_vision_tower"]) / "model.safetensors").is_file()
+    assert Path(row["mm_vision_tower"]).parent == registry.checkpoints
 
 
 def test_frozen_perceiver_is_unchanged_by_training(zoo, perceiver, dpa_stage1, tmp_path):
@@ -129,7 +135,7 @@ def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tm
     config["tie_word_embeddings"] = False
     (lm / "config.json").write_text(json.dumps(config))
     perceiver = tmp_path / "perceiver"
-    run(CLI + ["make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", str(lm), "--output", str(perceiver)])
+    cli("make-perceiver", "--vision", zoo["qwen2_5_vl_vit"], "--language-model", lm, "--output", perceiver)
 
     runs = {}
     for weight in ("0.5", "0"):
@@ -157,7 +163,7 @@ def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tm
     assert "perceiver_input_ids" not in probe_batch(stage1)
 
 
-def test_large_mlp_matches_a_budget_and_trains_with_a_plain_vit(zoo, tmp_path):
+def test_large_mlp_matches_a_budget_and_trains_with_a_plain_vit(registry, capsys):
     from llava_dpa.projectors.large_mlp import mlp_parameters, plan
 
     qwen3_0_6b = 596_049_920
@@ -166,15 +172,18 @@ def test_large_mlp_matches_a_budget_and_trains_with_a_plain_vit(zoo, tmp_path):
         assert abs(result["relative_error"]) < 0.01 and result["depth"] == depth
         assert result["parameters"] == mlp_parameters(2048, 2560, result["width"], depth)
     # with the width fixed, depth moves in steps of width^2; when no depth fits, the tool says so
-    refused = run(CLI + ["projector-budget", "--in", "2048", "--out", "2560", "--budget", str(qwen3_0_6b),
-                         "--width", "12800"], check=False)
-    assert refused.returncode == 2 and "within 1%" in refused.stderr
-    out = tmp_path / "large_mlp"
-    budget = run(CLI + ["projector-budget", "--in", "64", "--out", "64", "--budget", "100000", "--depth", "3"])
-    flags = budget.stdout.split("flags: ")[1].split()
-    run(train_cmd(zoo, out, stage=2, extra=flags + ["--max_steps", "1"]))
+    assert main(["projector-budget", "--in", "2048", "--out", "2560", "--budget", str(qwen3_0_6b),
+                 "--width", "12800"]) == 2
+    assert "within 1%" in capsys.readouterr().err
+    cli("projector-budget", "--in", "64", "--out", "64", "--budget", "100000", "--depth", "3")
+    flags = capsys.readouterr().out.split("flags: ")[1].split()
+    # the registry's large-MLP row at that budget (test fixture `registry`) was trained with exactly these flags
     from llava.model.builder import load_pretrained_model
 
+    out = registry.checkpoints / "llava-next-qwen3-4b-large-mlp"
+    recorded = json.loads((out / "run_config.json").read_text())["argv"]
+    pairs = dict(zip(flags[::2], flags[1::2]))
+    assert len(pairs) == 3 and all(recorded[recorded.index(k) + 1] == v for k, v in pairs.items()), (pairs, recorded)
     _, model, _, _ = load_pretrained_model(str(out), None, "x", device="cpu")
     params = sum(p.numel() for p in model.get_model().mm_projector.parameters())
     assert abs(params - 100000) / 100000 < 0.01 and model.config.mm_projector_type == "large_mlp"

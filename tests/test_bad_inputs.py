@@ -7,10 +7,11 @@ import pytest
 from transformers import AutoTokenizer
 
 import llava_dpa  # noqa: F401
-from conftest import run, train_cmd
+from conftest import train_cmd
 from llava import conversation as conversation_lib
 from llava_dpa.data.dataset import DataSpec, LazySupervisedDataset, SampleError
 from llava_dpa.towers.registry import build_vision_tower
+from llava_dpa.training.train import train
 
 GOOD = {"id": "good", "image": "img_000.png", "conversations": [
     {"from": "human", "value": "<image>\nWhat color is the shape?"}, {"from": "gpt", "value": "red"}]}
@@ -67,22 +68,23 @@ def test_training_logs_skipped_samples_and_strict_flag_stops(zoo, tmp_path):
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(records))
     out = tmp_path / "run"
-    run(train_cmd(zoo, out, stage=2, extra=["--data_path", str(data), "--max_steps", "2", "--per_device_train_batch_size", "4"]))
+    train(argv=train_cmd(zoo, out, stage=2, extra=["--data_path", str(data), "--max_steps", "2",
+                                                   "--per_device_train_batch_size", "4"])[3:])
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert max(h.get("skipped_samples", 0) for h in history) >= 1
-    strict = run(train_cmd(zoo, tmp_path / "strict", stage=2, extra=["--data_path", str(data), "--max_steps", "2",
-                                                                      "--strict_data", "True"]), check=False)
-    assert strict.returncode != 0 and "id 'missing'" in strict.stderr
+    with pytest.raises(SampleError, match="id 'missing'"):
+        train(argv=train_cmd(zoo, tmp_path / "strict", stage=2, extra=["--data_path", str(data), "--max_steps", "2",
+                                                                        "--strict_data", "True"])[3:])
 
 
 def test_unknown_version_and_unknown_tower_flags(zoo, tmp_path):
-    proc = run(train_cmd(zoo, tmp_path / "v", stage=2, version="qwen9"), check=False)
-    assert proc.returncode != 0 and "unknown --version 'qwen9'" in proc.stderr
-    proc = run(train_cmd(zoo, tmp_path / "t", stage=1, tower=str(tmp_path / "no_such_vit")), check=False)
-    assert proc.returncode != 0 and "no_such_vit" in proc.stderr and "does not exist" in proc.stderr
+    with pytest.raises(ValueError, match="unknown --version 'qwen9'"):
+        train(argv=train_cmd(zoo, tmp_path / "v", stage=2, version="qwen9")[3:])
+    with pytest.raises(ValueError, match="no_such_vit.*does not exist|does not exist.*no_such_vit"):
+        train(argv=train_cmd(zoo, tmp_path / "t", stage=1, tower=str(tmp_path / "no_such_vit"))[3:])
 
 
 def test_anyres_grid_must_match_the_tower(zoo, tmp_path):
-    proc = run(train_cmd(zoo, tmp_path / "g", stage=1, extra=["--image_aspect_ratio", "anyres",
-                                                               "--image_grid_pinpoints", "[(48, 96)]"]), check=False)
-    assert proc.returncode != 0 and "not multiples of" in proc.stderr and "image size 32" in proc.stderr
+    with pytest.raises(ValueError, match="not multiples of.*image size 32|image size 32.*not multiples of"):
+        train(argv=train_cmd(zoo, tmp_path / "g", stage=1, extra=["--image_aspect_ratio", "anyres",
+                                                                  "--image_grid_pinpoints", "[(48, 96)]"])[3:])

@@ -3,10 +3,9 @@ import ast
 import json
 import re
 
-import pytest
+import torch
 
-from conftest import PY, REPO, run, tower_folder_weights, train_cmd
-from llava_dpa.zoo.data import COLORS, SHAPES
+from conftest import PY, REPO, assert_same_greedy, free_port, run, train_cmd
 
 IMAGE = "img_000.png"
 
@@ -18,20 +17,42 @@ def chat(model_path, image, questions, extra=(), python=PY):
     return proc, turns
 
 
-def test_train_mem_falls_back_to_sdpa_with_a_warning(baseline_stage1):
-    # the session fixture ran `python -m llava.train.train_mem`; check what it wrote
-    assert (baseline_stage1 / "mm_projector.bin").is_file()
-    import torch
+FALLBACK = "flash-attn is not installed; training with attn_implementation='sdpa'"
 
+
+def test_train_mem_falls_back_to_sdpa_with_a_warning(baseline_stage1):
+    # the session fixture ran `python -m llava.train.train_mem` (which asks for flash-attention-2); its log
+    log = (baseline_stage1 / "train.log").read_text()
+    assert FALLBACK in log.split("--- stderr ---")[1]
     state = torch.load(baseline_stage1 / "mm_projector.bin", weights_only=True)
     assert state and all("mm_projector" in k for k in state)
 
 
-def test_train_module_and_flash_attention_fallback(zoo, tmp_path):
-    proc = run(train_cmd(zoo, tmp_path / "a", stage=1, module="llava.train.train_mem", extra=["--max_steps", "1"]))
-    assert "flash-attn is not installed; training with attn_implementation='sdpa'" in proc.stderr
-    run(train_cmd(zoo, tmp_path / "b", stage=1, module="llava.train.train", extra=["--max_steps", "1"]))
-    assert (tmp_path / "b" / "mm_projector.bin").is_file()
+def test_train_module_trains_without_asking_for_flash_attention(zoo, tmp_path):
+    proc = run(train_cmd(zoo, tmp_path / "b", stage=1, module="llava.train.train", extra=["--max_steps", "1"]))
+    assert (tmp_path / "b" / "mm_projector.bin").is_file() and FALLBACK not in proc.stderr
+
+
+def reference_answer(checkpoint, image_path, prompt, max_new_tokens, model_base=None):
+    """The greedy answer to `prompt` computed here, as llava.serve.cli computes it, and a check that another
+    answer equals it (or parts from it only at a near-tie)."""
+    from PIL import Image
+    from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
+
+    from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+    from llava_dpa.llava_integration.inference import decode_reply
+    from llava_dpa.loading import load_pretrained_model
+
+    tok, model, processor, _ = load_pretrained_model(str(checkpoint), model_base, "x", device="cpu", dtype=torch.float32)
+    image = Image.open(image_path).convert("RGB")
+    inputs = {"images": process_images([image], processor, model.config), "image_sizes": [image.size]}
+    ids = tokenizer_image_token(prompt, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+    stop = "<|im_end|>" if "<|im_end|>" in prompt else "<|eot_id|>"
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             stopping_criteria=[KeywordsStoppingCriteria([stop], tok, ids)], **inputs)
+    text = decode_reply(tok, out, ids)
+    return text, lambda other: assert_same_greedy(model, tok, ids, text, other, **inputs)
 
 
 def test_cli_two_turn_chat_keeps_history(zoo, baseline_stage2):
@@ -43,9 +64,10 @@ def test_cli_two_turn_chat_keeps_history(zoo, baseline_stage2):
     # the second prompt holds the first answer as an assistant turn
     assert f"<|im_start|>assistant\n{first['outputs']}<|im_end|>" in second["prompt"]
     assert second["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    # trained on these questions, it answers in their vocabulary (CPU training is not bit-reproducible,
-    # so the exact word is not asserted)
-    assert first["outputs"] in COLORS and second["outputs"] in SHAPES
+    # each turn's answer is the checkpoint's greedy answer to that turn's prompt, computed here
+    for turn in turns:
+        _, same_as = reference_answer(baseline_stage2, f"{zoo['images']}/{IMAGE}", turn["prompt"], 6)
+        same_as(turn["outputs"])
 
 
 def test_cli_conv_mode_override(zoo, baseline_stage2):
@@ -57,7 +79,14 @@ def test_run_llava_and_vqa_scripts(zoo, baseline_stage2, tmp_path):
     proc = run([PY, "-m", "llava.eval.run_llava", "--model-path", str(baseline_stage2), "--image-file",
                 f"{zoo['images']}/{IMAGE}", "--query", "What color is the shape?", "--temperature", "0",
                 "--max_new_tokens", "4"])
-    assert proc.stdout.strip().splitlines()[-1] in COLORS
+    from llava.conversation import conv_templates
+
+    conv = conv_templates["qwen_3"].copy()
+    conv.append_message(conv.roles[0], "<image>\nWhat color is the shape?")
+    conv.append_message(conv.roles[1], None)
+    answer, same_as = reference_answer(baseline_stage2, f"{zoo['images']}/{IMAGE}", conv.get_prompt(), 4)
+    assert answer
+    same_as(proc.stdout.strip().splitlines()[-1])
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question_id": i, "image": f"img_00{i}.png", "text": "What color is the shape?"})
                                    for i in range(3)))
@@ -69,24 +98,18 @@ def test_run_llava_and_vqa_scripts(zoo, baseline_stage2, tmp_path):
         assert [r["question_id"] for r in rows] == [0, 1, 2] and all(r["text"] for r in rows)
 
 
-@pytest.mark.parametrize("zero,tower", [("zero2", "clip"), ("zero2", "perceiver"), ("zero3", "perceiver")])
-def test_deepspeed_on_cpu(zoo, perceiver, tmp_path, zero, tower):
-    """Single-process DeepSpeed runs; under ZeRO-3 the tower's weights are loaded into partitioned parameters."""
-    from safetensors.torch import load_file
+def test_deepspeed_zero2_on_cpu_without_a_launcher(zoo, perceiver, tmp_path):
+    """A single-process ZeRO-2 DPA run started by plain `python -m llava.train.train_mem` with the rendezvous in
+    the environment. (The ZeRO-2 baseline and the ZeRO-3 runs, under DeepSpeed's launcher with 1 and 2
+    processes, are in test_multiprocess.py, which checks the same saved-weights property for each.)"""
+    from test_multiprocess import assert_saved_tower_is_the_loaded_one_after_small_steps
 
-    path = str(perceiver) if tower == "perceiver" else zoo["clip"]
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}
-    out = tmp_path / zero
-    run(train_cmd(zoo, out, stage=2, tower=path, extra=[
-        "--max_steps", "2", "--learning_rate", "1e-5", "--deepspeed", str(REPO / f"scripts/train/deepspeed/{zero}.json")]),
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    out = tmp_path / "zero2"
+    run(train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
+        "--max_steps", "2", "--learning_rate", "1e-5", "--deepspeed", str(REPO / "scripts/train/deepspeed/zero2.json")]),
         env=env, timeout=900)
-    saved = load_file(out / "model.safetensors")
-    original = load_file(f"{path}/model.safetensors") if tower == "perceiver" else tower_folder_weights(path)
-    prefix = "model.vision_tower.perceiver." if tower == "perceiver" else "model.vision_tower.vision_tower."
-    pairs = [(saved[prefix + k], v) for k, v in original.items() if prefix + k in saved]
-    assert len(pairs) > 10
-    # trained for two small steps from the pretrained tower, not from a random initialisation
-    assert max((a - b).abs().max().item() for a, b in pairs) < 1e-2
+    assert_saved_tower_is_the_loaded_one_after_small_steps(out, str(perceiver), is_perceiver=True)
 
 
 def test_eval_script_answers_a_question_file(zoo, baseline_stage2, tmp_path):

@@ -2,49 +2,47 @@
 model; a cache built with another tower, preprocessing or perceiver template is refused."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from conftest import PY, run, train_cmd
+from conftest import in_process_logged, losses, train_cmd
+from llava_dpa.cli import main
+from llava_dpa.training.run_config import RunConfigError
+from llava_dpa.training.train import train
 
 
-def cache(zoo, tower, out, select_layer):
-    return run([PY, "-m", "llava_dpa.cli", "cache-features", "--vision_tower", tower, "--data_path", zoo["stage1_data"],
-                "--image_folder", zoo["images"], "--image_aspect_ratio", "square", "--mm_vision_select_layer",
-                str(select_layer), "--output", out, "--shard-size", "4"])
-
-
-def losses(folder):
-    state = json.loads((folder / "trainer_state.json").read_text())
-    return [row["loss"] for row in state["log_history"] if "loss" in row]
+def cache(zoo, tower, out, select_layer, capsys):
+    code = main(["cache-features", "--vision_tower", tower, "--data_path", zoo["stage1_data"], "--image_folder",
+                 zoo["images"], "--image_aspect_ratio", "square", "--mm_vision_select_layer", str(select_layer),
+                 "--output", str(out), "--shard-size", "4"])
+    assert code == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kind", ["baseline", "dpa"])
-def test_stage1_loss_with_the_cache_equals_the_loss_without(zoo, perceiver, tmp_path, kind):
-    tower, layer = (zoo["clip"], -2) if kind == "baseline" else (str(perceiver), -1)
-    first = cache(zoo, tower, tmp_path / "cache", layer)
-    assert "images computed" in first.stdout
-    again = cache(zoo, tower, tmp_path / "cache", layer)  # resumable: nothing left to compute
-    assert "0 images computed" in again.stdout
-    live, cached = tmp_path / "live", tmp_path / "cached"
-    run(train_cmd(zoo, live, stage=1, tower=tower))
-    proc = run(train_cmd(zoo, cached, stage=1, tower=tower, extra=["--feature_cache", str(tmp_path / "cache")]))
-    assert "skipped_samples': 0" in proc.stdout + proc.stderr
+def test_stage1_loss_with_the_cache_equals_the_loss_without(zoo, perceiver, baseline_stage1, dpa_stage1, tmp_path,
+                                                            capsys, kind):
+    # the live run is the session's stage-1 fixture: the same command without --feature_cache
+    tower, layer, live = (zoo["clip"], -2, baseline_stage1) if kind == "baseline" else (str(perceiver), -1, dpa_stage1)
+    assert "images computed" in cache(zoo, tower, tmp_path / "cache", layer, capsys)
+    again = cache(zoo, tower, tmp_path / "cache", layer, capsys)  # resumable: nothing left to compute
+    assert "0 images computed" in again
+    cached = tmp_path / "cached"
+    printed = in_process_logged(train_cmd(zoo, cached, stage=1, tower=tower, extra=[
+        "--feature_cache", str(tmp_path / "cache")]))
+    assert "skipped_samples': 0" in printed
     a, b = losses(live), losses(cached)
-    assert len(a) == len(b) == 3
-    assert all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert all(abs(a[s] - b[s]) <= 1e-5 * max(1.0, abs(a[s])) for s in a), (a, b)
 
 
-def test_a_cache_of_another_tower_or_setting_is_refused(zoo, perceiver, tmp_path):
-    cache(zoo, zoo["clip"], tmp_path / "clip_cache", -2)
-    proc = run(train_cmd(zoo, tmp_path / "o", stage=1, tower=zoo["siglip"], extra=[
-        "--feature_cache", str(tmp_path / "clip_cache")]), check=False)
-    assert proc.returncode != 0 and "does not match this run: it was built with a different tower" in proc.stderr
-    proc = run(train_cmd(zoo, tmp_path / "p", stage=2, tower=zoo["clip"], extra=[
-        "--feature_cache", str(tmp_path / "clip_cache"), "--unfreeze_mm_vision_tower", "True"]), check=False)
-    assert proc.returncode != 0 and "--feature_cache with a tower that trains" in proc.stderr
-    proc = run([PY, "-m", "llava_dpa.cli", "cache-features", "--vision_tower", "dpa:" + zoo["native_perceiver"],
-                "--data_path", zoo["stage1_data"], "--image_folder", zoo["images"], "--output", tmp_path / "q"],
-               check=False)
-    assert proc.returncode != 0 and "reads each sample's text" in proc.stderr
+def test_a_cache_of_another_tower_or_setting_is_refused(zoo, perceiver, tmp_path, capsys):
+    cache(zoo, zoo["clip"], tmp_path / "clip_cache", -2, capsys)
+    with pytest.raises(RunConfigError, match="does not match this run: it was built with a different tower"):
+        train(argv=train_cmd(zoo, tmp_path / "o", stage=1, tower=zoo["siglip"], extra=[
+            "--feature_cache", str(tmp_path / "clip_cache")])[3:])
+    with pytest.raises(RunConfigError, match="--feature_cache with a tower that trains"):
+        train(argv=train_cmd(zoo, tmp_path / "p", stage=2, tower=zoo["clip"], extra=[
+            "--feature_cache", str(tmp_path / "clip_cache"), "--unfreeze_mm_vision_tower", "True"])[3:])
+    assert main(["cache-features", "--vision_tower", "dpa:" + zoo["native_perceiver"], "--data_path",
+                 zoo["stage1_data"], "--image_folder", zoo["images"], "--output", str(tmp_path / "q")]) == 2
+    assert "reads each sample's text" in capsys.readouterr().err

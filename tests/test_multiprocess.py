@@ -8,7 +8,9 @@ launched with the project's DeepSpeed configs and its launcher.
 - the loss of the first steps equals a 1-process run with the same global batch, within 1e-4. The data is
   one sample repeated, so every batch holds the same sample whatever the sharding: the comparison checks
   the distributed gradient and optimizer step, not the data order;
-- the same with padding-free packing (`--packing_budget`) under ZeRO-2 (baseline) and ZeRO-3 (DPA).
+- the same with padding-free packing (`--packing_budget`) under ZeRO-2 (baseline) and ZeRO-3 (DPA);
+- the 1-process reference runs are single-process DeepSpeed runs in their own right: they load the tower's
+  weights exactly (the probe) and save a tower a few small steps away from them.
 """
 import json
 import os
@@ -16,7 +18,7 @@ import shutil
 
 import pytest
 
-from conftest import PY, REPO, run, train_cmd
+from conftest import PY, REPO, free_port, losses, run, tower_folder_weights, train_cmd
 
 HELPER = str(REPO / "tests" / "hooked_train.py")
 LOSS_TOLERANCE = 1e-4
@@ -43,11 +45,6 @@ def args_for(zoo, out, tower, stage1, data, zero, per_device, accumulation, extr
     return cmd[3:]
 
 
-def losses(out):
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return {h["step"]: h["loss"] for h in history if "loss" in h}
-
-
 def env_for(probe=None, **more):
     env = {"PYTHONPATH": str(REPO / "tests"), **more}
     if probe:
@@ -59,9 +56,22 @@ def probes(folder):
     return sorted((json.loads(p.read_text()) for p in folder.glob("rank*.json")), key=lambda r: r["rank"])
 
 
-@pytest.mark.parametrize("kind,zero,packed,port", [("baseline", "zero2", True, 29611), ("baseline", "zero3", False, 29641),
-                                                   ("dpa", "zero3", True, 29621)])
-def test_two_processes_load_train_save_and_match_one(kind, zero, packed, port, zoo, perceiver, baseline_stage1,
+def assert_saved_tower_is_the_loaded_one_after_small_steps(out, tower: str, is_perceiver: bool):
+    """The saved checkpoint's tower (or perceiver) is the tower folder's, moved by a few small steps at most:
+    trained from the loaded weights, not from a random initialisation."""
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "model.safetensors")
+    original = load_file(f"{tower}/model.safetensors") if is_perceiver else tower_folder_weights(tower)
+    prefix = "model.vision_tower.perceiver." if is_perceiver else "model.vision_tower.vision_tower."
+    pairs = [(saved[prefix + k], v) for k, v in original.items() if prefix + k in saved]
+    assert len(pairs) > 10
+    assert max((a - b).abs().max().item() for a, b in pairs) < 1e-2
+
+
+@pytest.mark.parametrize("kind,zero,packed", [("baseline", "zero2", True), ("baseline", "zero3", False),
+                                              ("dpa", "zero3", True)])
+def test_two_processes_load_train_save_and_match_one(kind, zero, packed, zoo, perceiver, baseline_stage1,
                                                      dpa_stage1, repeated, tmp_path):
     """Packed runs (--packing_budget: one pack per process and step) against one process accumulating two packs.
     For DPA the 32 copies make packs of 15, 15 and 2 samples: at step 2 the 2-sample pack on one rank meets a 15-sample
@@ -71,7 +81,7 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, packed, port, z
     tower, stage1 = (zoo["clip"], baseline_stage1) if kind == "baseline" else (str(perceiver), dpa_stage1)
     per_device, packing = (1, ["--packing_budget", "1024"]) if packed else (2, [])
     two = tmp_path / "two"
-    trained = run(deepspeed_cmd(2, port) + args_for(zoo, two, tower, stage1, repeated, zero, per_device, 1,
+    trained = run(deepspeed_cmd(2, free_port()) + args_for(zoo, two, tower, stage1, repeated, zero, per_device, 1,
                                                     ["--save_strategy", "steps", "--save_steps", "2", *packing]),
                   env=env_for(tmp_path / "probe2"), timeout=1200)
     if packed:   # the packs were cut before the first step (the split of the measuring: the gloo test below)
@@ -88,8 +98,12 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, packed, port, z
     assert model.get_vision_tower().is_perceiver is (kind == "dpa")
 
     one = tmp_path / "one"
-    run(deepspeed_cmd(1, port + 1) + args_for(zoo, one, tower, stage1, repeated, zero, per_device, 2, packing),
-        env=env_for(), timeout=1200)
+    run(deepspeed_cmd(1, free_port()) + args_for(zoo, one, tower, stage1, repeated, zero, per_device, 2, packing),
+        env=env_for(tmp_path / "probe1"), timeout=1200)
+    (single,) = probes(tmp_path / "probe1")
+    assert single["world"] == 1 and single["compared"] > 10 and single["max_abs_diff"] == 0.0
+    assert single["partitioned"] is (zero == "zero3")
+    assert_saved_tower_is_the_loaded_one_after_small_steps(one, tower, is_perceiver=kind == "dpa")
     ref, got = losses(one), losses(two)
     assert sorted(got) == [1, 2, 3, 4]
     for step in got:
@@ -100,11 +114,11 @@ def test_a_killed_two_process_zero3_run_resumes(zoo, perceiver, dpa_stage1, repe
     out = tmp_path / "killed"
     cmd = args_for(zoo, out, str(perceiver), dpa_stage1, repeated, "zero3", 2, 1,
                    ["--save_strategy", "steps", "--save_steps", "2"])
-    killed = run(deepspeed_cmd(2, 29631) + cmd, env=env_for(KILL_AT_STEP="3"), check=False, timeout=1200)
+    killed = run(deepspeed_cmd(2, free_port()) + cmd, env=env_for(KILL_AT_STEP="3"), check=False, timeout=1200)
     assert killed.returncode != 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert not (out / "model.safetensors").exists()
-    resumed = run(deepspeed_cmd(2, 29632) + cmd, env=env_for(), timeout=1200)
+    resumed = run(deepspeed_cmd(2, free_port()) + cmd, env=env_for(), timeout=1200)
     assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
     assert sorted(losses(out)) == [1, 2, 3, 4] and (out / "model.safetensors").is_file()
     shutil.rmtree(out)
@@ -157,7 +171,7 @@ def test_gloo_ranks_exit_cleanly_after_end_process_group():
     ZeRO-3 test in CI after a complete run. That train() calls it, hooked_train.py asserts after every run."""
     module = str(REPO / "llava_dpa" / "training" / "distributed.py")
     for job in range(8):
-        outcomes = two_gloo_ranks(ENDING_RANK, 29671 + job, module)
+        outcomes = two_gloo_ranks(ENDING_RANK, free_port(), module)
         assert all(code == 0 for code, _, _ in outcomes), (job, outcomes)
 
 
@@ -194,7 +208,7 @@ end_process_group()
 def test_two_ranks_measure_half_the_packing_lengths_each_and_agree_on_all():
     """Each rank measures every other sample and both end with the whole list; a sample that fails on one rank,
     or datasets of different sizes, make both ranks raise (none is left waiting in the exchange)."""
-    ranks = two_gloo_ranks(MEASURING_RANK, 29681)
+    ranks = two_gloo_ranks(MEASURING_RANK, free_port())
     assert all(code == 0 for code, _, _ in ranks), ranks
     first, second = (json.loads(out.strip().splitlines()[-1]) for _, out, _ in ranks)
     assert [first["measured"], second["measured"]] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]

@@ -136,7 +136,7 @@ def test_other_layouts_are_refused_and_nothing_is_written(tmp_path):
 def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
     """DPA-4B-init's route: the imported checkpoint chats and answers a question file through LLaVA's own entry
     points, and stage 1 then stage 2 continue from its perceiver, its target and its aligner."""
-    from conftest import PY, REPO, run
+    from conftest import PY, answer_questions, in_process, in_process_logged, run
 
     out = do_import(merged_source(tmp_path), tmp_path / "dpa")
     images = FIXTURE / "images"
@@ -146,10 +146,8 @@ def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question_id": i, "image": f, "text": "What is shown?"})
                                    for i, f in enumerate(("wide.png", "tall.png"))))
-    answers = tmp_path / "a.jsonl"
-    run([PY, "-m", "llava.eval.model_vqa_loader", "--model-path", out, "--image-folder", images, "--question-file",
-         questions, "--answers-file", answers, "--temperature", "0", "--max_new_tokens", "3"])
-    assert [json.loads(line)["question_id"] for line in answers.read_text().splitlines()] == [0, 1]
+    rows = answer_questions(out, questions, images, tmp_path / "a.jsonl", "--max_new_tokens", "3")
+    assert [row["question_id"] for row in rows] == [0, 1]
     from PIL import Image
 
     from llava_dpa.eval.lmms_model import LlavaDPA
@@ -172,9 +170,9 @@ def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
               "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none",
               "--dataloader_num_workers", "0", "--learning_rate", "1e-4", "--model_max_length", "512",
               "--mm_use_im_patch_token", "False", "--mm_use_im_start_end", "False"]
-    run([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage", "1",
-         "--pretrain_mm_mlp_adapter", out / "mm_projector.bin", "--output_dir", tmp_path / "s1", *common])
-    second = run([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage", "2",
-                  "--pretrain_mm_mlp_adapter", tmp_path / "s1" / "mm_projector.bin", "--output_dir", tmp_path / "s2",
-                  "--mm_vision_tower_lr", "2e-6", *common])
-    assert "DPA perceiver, Qwen-VL native" in second.stdout and (tmp_path / "s2" / "model.safetensors").is_file()
+    in_process([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage", "1",
+                "--pretrain_mm_mlp_adapter", out / "mm_projector.bin", "--output_dir", tmp_path / "s1", *common])
+    second = in_process_logged([PY, "-m", "llava.train.train_mem", "--model_name_or_path", out / "thinker", "--stage",
+                                "2", "--pretrain_mm_mlp_adapter", tmp_path / "s1" / "mm_projector.bin", "--output_dir",
+                                tmp_path / "s2", "--mm_vision_tower_lr", "2e-6", *common])
+    assert "DPA perceiver, Qwen-VL native" in second and (tmp_path / "s2" / "model.safetensors").is_file()

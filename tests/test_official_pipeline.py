@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PY, REPO, run, two_turn_generate
+from conftest import PY, REPO, built_once, free_port, in_process_logged, run, two_turn_generate
 
 NATIVE = ["--min_pixels", "256", "--max_pixels", "4096"]
 DPA, BASELINE = "dpa-qwen3-4b-official-pipeline", "llava-qwen3-4b-official-pipeline"
@@ -28,22 +28,27 @@ def stage_argv(zoo, checkpoints: Path, entry: str, stage: int, perceiver: str, e
     return [PY, "-m", "llava.train.train_mem"] + command.argv
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def official(zoo, tmp_path_factory):
-    """Both entries trained through stage 1 and 2, from a copy of the zoo's official-layout perceiver that is then
-    deleted: the checkpoints must rebuild their tower from their own config."""
-    root = tmp_path_factory.mktemp("official")
-    perceiver = root / "dpa-4b-init-perceiver"
-    shutil.copytree(zoo["native_perceiver"], perceiver)
-    logs = {}
-    for entry in (BASELINE, DPA):
-        logs[entry] = [run(stage_argv(zoo, root, entry, s, str(perceiver))) for s in (1, 2)]
-    shutil.rmtree(perceiver)
+    """Both entries trained through stage 1 and 2 (in this process; each run's output kept), from a copy of the
+    zoo's official-layout perceiver that is then deleted: the checkpoints must rebuild their tower from their own
+    config."""
+    def build(root):
+        perceiver = root / "dpa-4b-init-perceiver"
+        shutil.copytree(zoo["native_perceiver"], perceiver)
+        for entry in (BASELINE, DPA):
+            for s in (1, 2):
+                text = in_process_logged(stage_argv(zoo, root, entry, s, str(perceiver)))
+                (root / f"{entry}-stage{s}.log").write_text(text)
+        shutil.rmtree(perceiver)
+
+    root = built_once(tmp_path_factory, "official", build)
+    logs = {entry: [(root / f"{entry}-stage{s}.log").read_text() for s in (1, 2)] for entry in (BASELINE, DPA)}
     return root, logs, zoo
 
 
-def table_row(proc, part):
-    for line in (proc.stdout + proc.stderr).splitlines():
+def table_row(output: str, part: str):
+    for line in output.splitlines():
         if line.split()[:1] == [part]:
             return line.split()
     raise AssertionError(f"no {part} row in the trainability table")
@@ -57,15 +62,15 @@ def test_official_pipeline_trains_reloads_and_chats(official, entry, tower, proj
     first, second = logs[entry]
     assert table_row(first, "projector")[1] == "trainable" and table_row(first, vit_part)[1] == "frozen"
     # every training log line carries its throughput (#12: samples/s and tokens/s; peak memory on CUDA)
-    assert "'samples_per_second'" in first.stdout + first.stderr and "'tokens_per_second'" in first.stdout + first.stderr
+    assert "'samples_per_second'" in first and "'tokens_per_second'" in first
     # the official parameter groups (register_DPA.py 16-23): ViT + merger 2e-6, LLM and perceiver LM 1e-5, aligner 1e-5
     assert table_row(second, vit_part)[1:2] + table_row(second, vit_part)[-1:] == ["trainable", "2e-06"]
     assert table_row(second, "language_model")[-1] == "1e-05" and table_row(second, "projector")[-1] == "1e-05"
     if entry == DPA:
         assert table_row(second, "perceiver_lm")[-1] == "1e-05"
-        assert "vision tower: DPA perceiver, Qwen-VL native" in second.stdout  # which perceiver the user got
+        assert "vision tower: DPA perceiver, Qwen-VL native" in second  # which perceiver the user got
     else:
-        assert "vision tower: ViT tower" in second.stdout
+        assert "vision tower: ViT tower" in second
     out = root / entry
     config = json.loads((out / "config.json").read_text())
     assert config["mm_projector_type"] == projector and config["image_aspect_ratio"] == "native"
@@ -130,8 +135,8 @@ def test_qlora_on_the_target_and_the_perceiver_lm(official, tmp_path):
         "--lora_enable", "True", "--bits", "4", "--lora_r", "8", "--lora_alpha", "16", "--lora_parts", "language_model",
         "perceiver_lm", "--pretrain_mm_mlp_adapter", str(root / f"{DPA}-stage1" / "mm_projector.bin"),
         "--output_dir", str(out)])
-    proc = run(argv)
-    assert table_row(proc, "perceiver_lm")[1] == "LoRA" and table_row(proc, "language_model")[1] == "LoRA"
+    printed = in_process_logged(argv)
+    assert table_row(printed, "perceiver_lm")[1] == "LoRA" and table_row(printed, "language_model")[1] == "LoRA"
     saved = torch.load(out / "non_lora_trainables.bin", weights_only=True)
     assert any(".perceiver.visual." in k for k in saved)  # the ViT and merger train in full
     _, model, _, _ = load_pretrained_model(str(out), zoo["qwen3_lm"], "x", device="cpu")
@@ -139,8 +144,8 @@ def test_qlora_on_the_target_and_the_perceiver_lm(official, tmp_path):
     assert not any("lora_" in n for n, _ in model.named_parameters())
 
 
-@pytest.mark.parametrize("zero, port", [("zero2", "29533"), ("zero3", "29531")])
-def test_deepspeed_loads_and_trains_the_perceiver(official, tmp_path, zero, port):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_loads_and_trains_the_perceiver(official, tmp_path, zero):
     """ZeRO-3: the perceiver's weights are loaded into partitioned parameters; ZeRO-2: plain data parallel."""
     from safetensors.torch import load_file
 
@@ -149,7 +154,7 @@ def test_deepspeed_loads_and_trains_the_perceiver(official, tmp_path, zero, port
     argv = stage_argv(zoo, tmp_path, DPA, 2, zoo["native_perceiver"], extra=[
         "--pretrain_mm_mlp_adapter", str(root / f"{DPA}-stage1" / "mm_projector.bin"), "--output_dir", str(out),
         "--deepspeed", str(REPO / f"scripts/train/deepspeed/{zero}.json")])
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     run(argv, env=env, timeout=900)
     saved = load_file(out / "model.safetensors")
     original = load_file(f"{zoo['native_perceiver']}/model.safetensors")

@@ -55,5 +55,7 @@ def test_llava_script_flags_are_translated_for_current_transformers(tmp_path):
     (args,) = parser.parse_args_into_dataclasses(args=["--evaluation_strategy", "no", "--tf32", "True", "--bf16", "True",
                                                        "--output_dir", str(tmp_path)])
     assert args.eval_strategy == "no" and args.evaluation_strategy is None
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():   # kept on a GPU; on a CPU machine dropped with a warning, and bf16 runs on the CPU
+        assert args.tf32 is True and args.use_cpu is False
+    else:
         assert args.tf32 is None and args.use_cpu is True

@@ -106,10 +106,24 @@ def test_unknown_towers_fail_clearly(tmp_path):
         build_vision_tower(args(str(tmp_path)))
 
 
-def test_attention_implementation_is_sdpa_here_and_can_be_forced(zoo):
+def test_attention_implementation_is_flash_attention_only_on_a_gpu_with_it_and_can_be_forced(zoo, monkeypatch):
+    """Whatever this machine has: each combination of (flash-attn installed, CUDA present) is set here."""
+    import importlib.util
+
     from llava_dpa.towers.base import attention_implementation
 
-    assert attention_implementation() == "sdpa"  # no flash-attn / no GPU on this machine
-    assert attention_implementation("eager") == "eager"
+    real_find_spec = importlib.util.find_spec
+    for installed, gpu, expected in ((False, False, "sdpa"), (True, False, "sdpa"), (False, True, "sdpa"),
+                                     (True, True, "flash_attention_2")):
+        def find_spec(name, *rest, installed=installed):
+            if name == "flash_attn":
+                return object() if installed else None
+            return real_find_spec(name, *rest)
+
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        assert attention_implementation() == expected, (installed, gpu)
+        assert attention_implementation("eager") == "eager"
+    monkeypatch.undo()
     tower = build_vision_tower(args(zoo["clip"], tower_attn_implementation="eager"))
     assert tower.vision_tower.config._attn_implementation == "eager"

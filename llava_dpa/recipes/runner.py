@@ -24,8 +24,7 @@ from llava_dpa.recipes.settings import Settings
 class Step:
     description: str
     done: Callable[[], bool]
-    run: Callable[[], None]
-    command: list[str] | None = None
+    command: list[str]
 
 
 def stage1_complete(folder: Path) -> bool:
@@ -41,7 +40,8 @@ def entry_complete(entry: Recipe, settings: Settings) -> bool:
     return model_complete(output_dir(entry, settings))
 
 
-def _run(command: list[str]) -> None:
+def run_command(command: list[str]) -> None:
+    """A step's command as its own process (how `llava-dpa recipe run` executes every step)."""
     print("+ " + " ".join(command), flush=True)
     proc = subprocess.run(command)
     if proc.returncode != 0:
@@ -61,24 +61,21 @@ def steps(entry: Recipe, settings: Settings, stage: int | None = None, extra: li
     if isinstance(entry.tower, ViTOf) and wanted:
         source, vit = output_dir(get(entry.tower.entry), settings), Path(tower_path(entry, settings))
         out.append(Step(f"extract the ViT of {entry.tower.entry}", lambda: (vit / "config.json").is_file(),
-                        lambda: _run(_cli("extract-vit", source, "--output", vit)),
                         _cli("extract-vit", source, "--output", vit)))
     for s in wanted:
         command = stage_command(entry, s, settings, extra)
         if s == 1:
             owner = shared_stage1_owner(entry)
             label = f"stage 1 of {entry.name}" + (f" (the same training as {owner.name}'s)" if owner is not entry else "")
-            out.append(Step(label, lambda d=command.output: stage1_complete(d), lambda c=command: _run(c.command),
-                            command.command))
+            out.append(Step(label, lambda d=command.output: stage1_complete(d), command.command))
         else:
             if entry.stage2_subset:
                 subset = subset_file(entry, settings)
                 args = ("subset-data", "--input", settings.path("stage2_data"), "--n", entry.stage2_subset,
                         "--seed", entry.subset_seed, "--output", subset)
                 out.append(Step(f"a {entry.stage2_subset}-sample subset of the stage-2 data", subset.is_file,
-                                lambda a=args: _run(_cli(*a)), _cli(*args)))
-            out.append(Step(f"stage 2 of {entry.name}", lambda d=command.output: model_complete(d),
-                            lambda c=command: _run(c.command), command.command))
+                                _cli(*args)))
+            out.append(Step(f"stage 2 of {entry.name}", lambda d=command.output: model_complete(d), command.command))
     if stage is None and entry.output_from is not None:
         out.append(_build_step(entry, settings))
     return out
@@ -98,7 +95,7 @@ def _build_step(entry: Recipe, settings: Settings) -> Step:
         label = f"re-initialise the LM of {how.entry}"
     else:
         raise RecipeError(f"{entry.name}: unknown output_from {how!r}")
-    return Step(label, lambda: model_complete(target), lambda: _run(_cli(*args)), _cli(*args))
+    return Step(label, lambda: model_complete(target), _cli(*args))
 
 
 def missing_prerequisites(entry: Recipe, settings: Settings, stage: int | None) -> list[Recipe]:
@@ -115,7 +112,10 @@ def missing_prerequisites(entry: Recipe, settings: Settings, stage: int | None) 
 
 
 def run_entry(entry: Recipe | str, settings: Settings, stage: int | None = None, extra: list[str] = (),
-              with_prerequisites: bool = False, dry_run: bool = False, _seen: tuple = ()) -> None:
+              with_prerequisites: bool = False, dry_run: bool = False, execute: Callable[[list[str]], None] = run_command,
+              _seen: tuple = ()) -> None:
+    """Run `entry`'s steps in order, each through `execute(command)` (its own process by default; the tests
+    pass an executor that runs the same command in their process)."""
     entry = get(entry) if isinstance(entry, str) else entry
     if entry.name in _seen:
         raise RecipeError(f"the registry has a cycle through {entry.name}")
@@ -123,7 +123,8 @@ def run_entry(entry: Recipe | str, settings: Settings, stage: int | None = None,
         if not with_prerequisites:
             raise RecipeError(f"{entry.name} needs {needed.name}'s output at {output_dir(needed, settings)}, which is "
                               f"not there: run `llava-dpa recipe run {needed.name}` first (or add --with-prerequisites)")
-        run_entry(needed, settings, extra=extra, with_prerequisites=True, dry_run=dry_run, _seen=_seen + (entry.name,))
+        run_entry(needed, settings, extra=extra, with_prerequisites=True, dry_run=dry_run, execute=execute,
+                  _seen=_seen + (entry.name,))
     plan = steps(entry, settings, stage, extra)
     if stage == 2 and not dry_run:
         first = stage1_dir(entry, settings)
@@ -136,10 +137,10 @@ def run_entry(entry: Recipe | str, settings: Settings, stage: int | None = None,
             continue
         print(f"[recipe] {step.description}", flush=True)
         if dry_run:
-            print("  " + " ".join(map(str, step.command or [])), flush=True)
+            print("  " + " ".join(map(str, step.command)), flush=True)
             continue
-        step.run()
+        execute(step.command)
 
 
-__all__ = ["Step", "entry_complete", "missing_prerequisites", "model_complete", "run_entry",
+__all__ = ["Step", "entry_complete", "missing_prerequisites", "model_complete", "run_command", "run_entry",
            "stage1_complete", "steps"]
