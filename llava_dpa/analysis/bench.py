@@ -14,7 +14,9 @@ the tower's tile size and `--text-tokens` text tokens.
 
 Operations, each as DPA time / baseline time (the cost ratio; a throughput ratio is its inverse):
 - prefill: one forward over image + prompt, with the KV cache;
-- decode: `--decode-steps` generated tokens after that prefill;
+- decode: `--decode-steps` cached steps after that prefill (each feeds the last greedy token with the KV
+  cache), timed by themselves: the prefill runs before the clock starts, and each step is timed alone, so
+  the per-token time is the median step (a preempted step does not move it), not a difference of two totals;
 - train (stage 2): forward + backward with what stage 2 trains (everything but the perceiver's LM head);
 - train (stage 1): forward + backward with only the alignment projector trainable (frozen towers run under
   no_grad). No optimizer step (it is the same for both apart from the parameter count).
@@ -85,6 +87,33 @@ class ComponentClock:
         return total, parts
 
 
+def synthetic_prompt(tokenizer, model, processor, text_tokens: int, seed: int = 0, image_side: int = 448,
+                     images: int = 1):
+    """A chat prompt of one image and `text_tokens` random text tokens, `images` rows of it that differ only in
+    their random image: (input_ids [images, L] on the CPU, the processed images, their sizes). A tiling tower's
+    image is one tile; a whole-image tower's is image_side square."""
+    from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+    from PIL import Image
+
+    from llava_dpa.llava_integration.inference import conv_mode_for
+
+    tower = model.get_vision_tower()
+    generator = torch.Generator().manual_seed(seed)
+    size = image_side if getattr(tower, "per_image_features", False) else tower.image_size
+    pictures = [Image.fromarray((torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy())]
+    ids = torch.randint(100, 600, (text_tokens,), generator=generator)
+    for _ in range(images - 1):
+        pictures.append(Image.fromarray((torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()))
+    filler = tokenizer.decode(ids, skip_special_tokens=True)
+    conv = conv_templates[conv_mode_for(model, None)].copy()
+    conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{filler}")
+    conv.append_message(conv.roles[1], None)
+    row = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    return row[None].repeat(images, 1), process_images(pictures, processor, model.config), [p.size for p in pictures]
+
+
 class Pipeline:
     """A checkpoint of this project on a synthetic image and prompt, through the LLaVA model code."""
 
@@ -93,12 +122,7 @@ class Pipeline:
         """cached_features: the tower reads its own features, computed once here, as `--feature_cache` training
         reads them (data/feature_cache.py), so that a step runs only the projector and the target.
         image_side: the synthetic image's side for a tower that reads whole images (a tiling tower's is its tile)."""
-        from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-        from llava.conversation import conv_templates
-        from llava.mm_utils import process_images, tokenizer_image_token
-        from PIL import Image
-
-        from llava_dpa.llava_integration.inference import conv_mode_for, to_model
+        from llava_dpa.llava_integration.inference import to_model
         from llava_dpa.loading import load_pretrained_model
 
         self.name, self.path, self.device = name, path, device
@@ -111,19 +135,10 @@ class Pipeline:
         for module in self.model.modules():  # every prefill encodes its image: no inference memo
             if isinstance(module, VisionTower):
                 module.MEMO_SIZE = 0
-        generator = torch.Generator().manual_seed(seed)
-        size = image_side if getattr(self.tower, "per_image_features", False) else self.tower.image_size
-        array = (torch.rand(size, size, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        image = Image.fromarray(array)
-        ids = torch.randint(100, 600, (text_tokens,), generator=generator)
-        filler = self.tokenizer.decode(ids, skip_special_tokens=True)
-        conv = conv_templates[conv_mode_for(self.model, None)].copy()
-        conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{filler}")
-        conv.append_message(conv.roles[1], None)
-        self.input_ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX,
-                                               return_tensors="pt")[None].to(device)
-        self.images = to_model(process_images([image], processor, self.model.config), self.model)
-        self.sizes = [image.size]
+        self.input_ids, processed, self.sizes = synthetic_prompt(self.tokenizer, self.model, processor, text_tokens,
+                                                                 seed, image_side)
+        self.input_ids = self.input_ids.to(device)
+        self.images = to_model(processed, self.model)
         if cached_features:
             with torch.no_grad():
                 self.images = self.tower(self.images).unsqueeze(-1)  # [1, tokens, d, 1], as the cache hands them over
@@ -149,10 +164,26 @@ class Pipeline:
     def prefill(self):
         return self.model(input_ids=self.input_ids, images=self.images, image_sizes=self.sizes, use_cache=True)
 
-    def decode(self, steps: int) -> None:
-        self.model.generate(self.input_ids, images=self.images, image_sizes=self.sizes, do_sample=False,
-                            max_new_tokens=steps, min_new_tokens=steps,
-                            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+    def decode_state(self):
+        """The prefill a decode starts from (untimed): its KV cache and greedy next token."""
+        out = self.prefill()
+        return out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def decode_step(self, state):
+        """One cached step: the last token in, the cache grown by one, the next greedy token out."""
+        past, token = state
+        out = self.model(input_ids=token, past_key_values=past, use_cache=True)
+        return out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def decode_steps(self, steps: int) -> list:
+        """(seconds, components) of every cached step after an untimed prefill."""
+        state, timed = self.decode_state(), []
+        for _ in range(steps):
+            box = {}
+            total, parts = self.clock.measure(lambda: box.setdefault("state", self.decode_step(state)))
+            state = box["state"]
+            timed.append((total, parts))
+        return timed
 
     def train_step(self, stage: int) -> None:
         from llava_dpa.training.parts import Part, part_of
@@ -184,28 +215,37 @@ class Pipeline:
 
 def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: int = 32, only=OPS) -> dict:
     """Median seconds per operation and per component, for every pipeline; operations interleave."""
-    ops = {"prefill": lambda p: p.prefill(), "decode": lambda p: p.decode(decode_steps),
-           "train_stage2": lambda p: p.train_step(2), "train_stage1": lambda p: p.train_step(1)}
+    ops = {"prefill": lambda p: p.prefill(), "train_stage2": lambda p: p.train_step(2),
+           "train_stage1": lambda p: p.train_step(1)}
     ops = {op: fn for op, fn in ops.items() if op in only}
     samples = {p.name: {op: [] for op in ops} for p in pipelines}
-    for op, fn in ops.items():
+    steps = {p.name: [] for p in pipelines}  # decode: every timed cached step, (seconds, components)
+    for op in [op for op in OPS if op in only]:
         for i in tqdm(range(warmup + repeats), desc=f"bench {op}"):
             for p in pipelines:
                 with torch.set_grad_enabled(op.startswith("train")):
-                    total, parts = p.clock.measure(lambda: fn(p))
+                    if op == "decode":
+                        timed = p.decode_steps(decode_steps)
+                    else:
+                        timed = [p.clock.measure(lambda: ops[op](p))]
                 if i >= warmup:
-                    samples[p.name][op].append((total, parts))
+                    (steps[p.name] if op == "decode" else samples[p.name][op]).extend(timed)
     result = {}
     for name, per_op in samples.items():
-        result[name] = {}
-        for op, runs in per_op.items():
-            total = statistics.median(t for t, _ in runs)
-            parts = {c: statistics.median(r[c] for _, r in runs) for c in (*COMPONENTS, "rest")}
-            result[name][op] = {"seconds": total, "components": parts}
-        if "decode" in ops:  # the decode run includes its own prefill; per generated token is the rest
-            prefill = result[name]["prefill"]["seconds"]
-            result[name]["decode"]["seconds_per_token"] = max(result[name]["decode"]["seconds"] - prefill, 1e-9) / decode_steps
+        result[name] = {op: _median(runs) for op, runs in per_op.items()}
+        if "decode" in only:  # the cached steps alone: per token is the median step, its components alike
+            decode = _median(steps[name])
+            per_repeat = [sum(t for t, _ in steps[name][r * decode_steps:(r + 1) * decode_steps]) / decode_steps
+                          for r in range(repeats)]
+            result[name]["decode"] = dict(decode, seconds_per_token=decode["seconds"], steps=decode_steps,
+                                          mean_per_token_by_repeat=per_repeat)
     return result
+
+
+def _median(runs: list) -> dict:
+    """Median seconds and median seconds per component over (seconds, components) runs."""
+    return {"seconds": statistics.median(t for t, _ in runs),
+            "components": {c: statistics.median(r[c] for _, r in runs) for c in (*COMPONENTS, "rest")}}
 
 
 def analytic(pipelines: dict, configs: dict | None) -> dict | None:
@@ -263,20 +303,26 @@ def run(args) -> int:
     else:
         raise ValueError("give --preset TARGET (random weights, this project's classes) or both --dpa and --baseline")
     try:
-        pipelines = {name: Pipeline(name, path, device, dtype, args.text_tokens, args.model_base, args.seed,
-                                    image_side=args.image_size) for name, path in paths.items()}
-        results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps)
-        theory = analytic(pipelines, configs)
+        report = bench_pair(paths, configs, args, device)
     finally:
         if workdir is not None:
             workdir.cleanup()
-    report = summarise(args, device, pipelines, results, theory)
     print_report(report)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.output}")
     return 0
+
+
+def bench_pair(paths: dict, configs: dict | None, args, device: str) -> dict:
+    """The report of a built pair ({"DPA": checkpoint, "baseline": checkpoint}); configs: the components'
+    configs when built from a preset (for the analytic ratios), else None. args: bench's arguments (dtype,
+    text_tokens, model_base, seed, image_size, repeats, warmup, decode_steps, preset, perceiver, scale)."""
+    pipelines = {name: Pipeline(name, path, device, _DTYPES[args.dtype], args.text_tokens, args.model_base, args.seed,
+                                image_side=args.image_size) for name, path in paths.items()}
+    results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps)
+    return summarise(args, device, pipelines, results, analytic(pipelines, configs))
 
 
 def summarise(args, device, pipelines, results, theory) -> dict:
@@ -307,9 +353,9 @@ def print_report(report: dict) -> None:
         q = f"{row['measured_over_analytic']:.3f}" if row["measured_over_analytic"] else "n/a"
         print(f"{op:24s}{row['measured']:10.3f}{a:>10s}{q:>10s}")
     print("throughput, DPA / baseline: inverse of the time ratio (paper Table 5: inference 0.94, training cost 1.14)")
-    print("seconds per component (forward; a training step's backward is in rest)")
+    print("seconds per component (forward; a training step's backward is in rest; decode: the median cached step)")
     print(f"{'':24s}" + "".join(f"{c[:10]:>11s}" for c in (*COMPONENTS, "rest", "total")))
-    for op in ("prefill", "train_stage2", "train_stage1"):
+    for op in ("prefill", "decode", "train_stage2", "train_stage1"):
         for name in ("DPA", "baseline"):
             r = report["seconds"][name][op]
             print(f"{op + ' ' + name:24s}" + "".join(f"{r['components'][c]:11.4f}" for c in (*COMPONENTS, "rest"))

@@ -61,7 +61,7 @@ def scaled_presets(target: str, scale: float, perceiver_lm: str = "qwen3-0.6b", 
             "vit": scale_vit(PRESETS[vit], scale)}
 
 
-def _save_lm(config: dict, folder: Path, tokenizer, dtype, seed: int) -> None:
+def _save_lm(config: dict, folder: Path, tokenizer, dtype, seed: int, device: str = "cpu") -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     kw = dict(config)
@@ -69,19 +69,23 @@ def _save_lm(config: dict, folder: Path, tokenizer, dtype, seed: int) -> None:
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     cfg = AutoConfig.for_model(model_type, **kw, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    with torch.device(device):  # a GPU draws a 4B model's random weights in seconds, a CPU in minutes
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    del model
 
 
-def _save_vit(config: dict, folder: Path, image_size: int, dtype, seed: int) -> None:
+def _save_vit(config: dict, folder: Path, image_size: int, dtype, seed: int, device: str = "cpu") -> None:
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
     kw = {k: v for k, v in config.items() if k != "model_type"}
     torch.manual_seed(seed)
-    Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**kw)).to(dtype).save_pretrained(folder)
+    with torch.device(device):
+        model = Qwen2_5_VisionTransformerPretrainedModel._from_config(Qwen2_5_VLVisionConfig(**kw)).to(dtype)
+    model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({"tile_size": image_size}))
 
 
@@ -90,40 +94,76 @@ def _save_vit(config: dict, folder: Path, image_size: int, dtype, seed: int) -> 
 PERCEIVERS = ("llava", "qwen-vl")
 
 
-def build_pair(target: str, scale: float, folder: str | Path, image_size: int = 448, dtype=torch.float32,
-               seed: int = 0, perceiver: str = "llava") -> dict:
-    """{"DPA": checkpoint, "baseline": checkpoint, "configs": the scaled component configs}."""
-    if perceiver not in PERCEIVERS:
-        raise ValueError(f"--perceiver {perceiver!r}: choose from {', '.join(PERCEIVERS)}")
-    from llava_dpa.llava_integration.assemble import assemble
-    from llava_dpa.perceiver.compose import make_perceiver, make_qwen_vl_perceiver
+def write_components(configs: dict, folder: str | Path, image_size: int = 448, dtype=torch.float32, seed: int = 0,
+                     device: str = "cpu") -> dict:
+    """The component folders with random weights: {"vit", "perceiver_lm", "target"} -> path. `configs` is
+    `scaled_presets`' form; the target must be a Qwen3 (the tiny tokenizer is Qwen3's format)."""
     from llava_dpa.zoo.data import corpus_lines
     from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
 
+    if configs["target"]["model_type"] != "qwen3":
+        raise ValueError("the bench builds Qwen3 targets (its tiny tokenizer is Qwen3's format)")
     root = Path(folder)
-    configs = scaled_presets(target, scale)
-    if PRESETS[target]["model_type"] != "qwen3":
-        raise ValueError(f"--preset {target}: the bench builds Qwen3 targets (its tiny tokenizer is Qwen3's format)")
     tokenizer = qwen3_style_tokenizer(corpus_lines())
-    paths = {k: root / k for k in ("vit", "perceiver_lm", "target", "perceiver", "dpa", "baseline")}
-    _save_vit(configs["vit"], paths["vit"], image_size, dtype, seed)
-    _save_lm(configs["perceiver_lm"], paths["perceiver_lm"], tokenizer, dtype, seed + 1)
-    _save_lm(configs["target"], paths["target"], tokenizer, dtype, seed + 2)
+    paths = {k: root / k for k in ("vit", "perceiver_lm", "target")}
+    _save_vit(configs["vit"], paths["vit"], image_size, dtype, seed, device)
+    _save_lm(configs["perceiver_lm"], paths["perceiver_lm"], tokenizer, dtype, seed + 1, device)
+    _save_lm(configs["target"], paths["target"], tokenizer, dtype, seed + 2, device)
+    return paths
+
+
+def make_perceiver_of(components: dict, configs: dict, folder: str | Path, perceiver: str = "llava",
+                      seed: int = 0) -> str:
+    """The perceiver VLM of the components in `folder`, in the given form; returns the --vision_tower value."""
+    from llava_dpa.perceiver.compose import make_perceiver, make_qwen_vl_perceiver
+
+    if perceiver not in PERCEIVERS:
+        raise ValueError(f"--perceiver {perceiver!r}: choose from {', '.join(PERCEIVERS)}")
     if perceiver == "llava":
-        make_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed)
-        tower, images = str(paths["perceiver"]), "square"
-    else:  # Qwen2.5-VL's M-RoPE sections for the kept head width (128: 16 + 24 + 24 rotary pairs)
-        head_dim = configs["perceiver_lm"].get("head_dim", 128)
-        make_qwen_vl_perceiver(str(paths["vit"]), str(paths["perceiver_lm"]), str(paths["perceiver"]), seed=seed,
-                               mrope_section=[head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16])
-        tower, images = "dpa:" + str(paths["perceiver"]), "native"
+        make_perceiver(str(components["vit"]), str(components["perceiver_lm"]), str(folder), seed=seed)
+        return str(folder)
+    # Qwen2.5-VL's M-RoPE sections for the kept head width (128: 16 + 24 + 24 rotary pairs)
+    head_dim = configs["perceiver_lm"].get("head_dim", 128)
+    make_qwen_vl_perceiver(str(components["vit"]), str(components["perceiver_lm"]), str(folder), seed=seed,
+                           mrope_section=[head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16])
+    from llava_dpa.perceiver.tower import DPA_PREFIX
+
+    return DPA_PREFIX + str(folder)
+
+
+def assemble_pair(components: dict, configs: dict, folder: str | Path, dtype=torch.float32, seed: int = 0,
+                  perceiver: str = "llava", tower: str | None = None) -> dict:
+    """The perceiver (unless `tower`, an existing one's --vision_tower value, is given), then the DPA and
+    baseline checkpoints of the components, assembled by llava's `initialize_vision_modules` as training does:
+    {"DPA", "baseline", "tower"}."""
+    from transformers import AutoTokenizer
+
+    from llava_dpa.llava_integration.assemble import assemble
+
+    root = Path(folder)
+    tower = tower or make_perceiver_of(components, configs, root / "perceiver", perceiver, seed)
+    images = "square" if perceiver == "llava" else "native"
+    tokenizer = AutoTokenizer.from_pretrained(components["target"])
     torch.manual_seed(seed)
-    assemble(paths["target"], tower, paths["dpa"], tokenizer, projector="mlp2x_gelu", conv_version="qwen_3",
+    assemble(components["target"], tower, root / "dpa", tokenizer, projector="mlp2x_gelu", conv_version="qwen_3",
              image_aspect_ratio=images, dtype=dtype)
     torch.manual_seed(seed)
-    assemble(paths["target"], str(paths["vit"]), paths["baseline"], tokenizer, projector="mlp2x_gelu",
+    assemble(components["target"], str(components["vit"]), root / "baseline", tokenizer, projector="mlp2x_gelu",
              conv_version="qwen_3", image_aspect_ratio=images, dtype=dtype)
-    return {"DPA": str(paths["dpa"]), "baseline": str(paths["baseline"]), "configs": configs, "perceiver": perceiver}
+    return {"DPA": str(root / "dpa"), "baseline": str(root / "baseline"), "tower": tower}
+
+
+def build_pair(target: str, scale: float, folder: str | Path, image_size: int = 448, dtype=torch.float32,
+               seed: int = 0, perceiver: str = "llava", device: str = "cpu") -> dict:
+    """{"DPA": checkpoint, "baseline": checkpoint, "configs": the scaled component configs}."""
+    if perceiver not in PERCEIVERS:
+        raise ValueError(f"--perceiver {perceiver!r}: choose from {', '.join(PERCEIVERS)}")
+    if PRESETS[target]["model_type"] != "qwen3":
+        raise ValueError(f"--preset {target}: the bench builds Qwen3 targets (its tiny tokenizer is Qwen3's format)")
+    configs = scaled_presets(target, scale)
+    components = write_components(configs, folder, image_size, dtype, seed, device)
+    pair = assemble_pair(components, configs, folder, dtype, seed, perceiver)
+    return {"DPA": pair["DPA"], "baseline": pair["baseline"], "configs": configs, "perceiver": perceiver}
 
 
 def describe(configs: dict) -> str:

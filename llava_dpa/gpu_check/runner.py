@@ -1,0 +1,239 @@
+"""The plan of checks and its run: every check has its own time limit, one check's failure or timeout does not
+stop the others (only those that need what it builds are skipped), the whole run ends by a deadline, and the
+JSON is rewritten after every check, so that a run killed from outside still leaves what it had.
+
+Isolation: `process` (the default on a GPU) runs each check in its own Python process, killed at its limit,
+so a hang, a crash or CUDA memory left behind stays with that check; `inline` (the CPU smoke's default) runs
+them in this process with an alarm as the limit, paying the imports once.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from llava_dpa.gpu_check.schema import PACKAGES, SCHEMA, STATUSES, problems
+from llava_dpa.gpu_check.sizes import FORMS, SIZES
+
+REPORT, LOG = "gpu_check.json", "gpu_check.log"
+#: seconds per check on the GPU; the smoke's are its own
+LIMITS = {"build": 150, "qlora": 90, "assemble": 90, "forward": 45, "generate": 45, "packing": 45, "bench": 75,
+          "train": 150, "bench_packing": 120}
+SMOKE_LIMITS = {name: 60 for name in LIMITS}
+#: the whole run's deadline (the GPU's 8 minutes less the install), and the smoke's
+DEADLINE_S = {"full": 440, "smoke": 240}
+PAIR_CHECKS = ("forward", "generate", "packing", "bench")
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    check: str
+    form: str | None = None
+    needs: str | None = None   # the unit whose success this one needs
+
+
+def plan(size: str = "full") -> list[Unit]:
+    """In order of value per second: what would most change the next GPU run comes first."""
+    units = [Unit("build", "build"), Unit("qlora", "qlora", needs="build")]
+    for form in FORMS:
+        units.append(Unit(f"assemble/{form}", "assemble", form, needs="build"))
+        units += [Unit(f"{c}/{form}", c, form, needs=f"assemble/{form}") for c in PAIR_CHECKS]
+        units.append(Unit(f"train/{form}", "train", form, needs="build"))
+    if SIZES[size].bench_packing_in_plan:
+        units.append(Unit("bench-packing", "bench_packing"))
+    return units
+
+
+def select(units: list[Unit], only: list[str] | None) -> list[Unit]:
+    """The named checks and what they need."""
+    if not only:
+        return units
+    by_name, wanted = {u.name: u for u in units}, set()
+    unknown = [n for n in only if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown check(s) {unknown}; choose from {list(by_name)}")
+    for name in only:
+        while name:
+            wanted.add(name)
+            name = by_name[name].needs
+    return [u for u in units if u.name in wanted]
+
+
+# ---- where it ran -----------------------------------------------------------------------------------------
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    for name in (package, package.replace("-", "_"), package.capitalize()):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _commit() -> str | None:
+    if os.environ.get("LLAVA_DPA_COMMIT"):
+        return os.environ["LLAVA_DPA_COMMIT"]
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") and (repo / ".git").exists():
+        proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        return proc.stdout.strip() or None
+    return None
+
+
+def environment(device: str, dtype: str) -> dict:
+    import torch
+
+    driver = None
+    if device.startswith("cuda") and shutil.which("nvidia-smi"):
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True)
+        driver = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+    cuda = device.startswith("cuda")
+    versions = {p: _version(p) for p in PACKAGES}
+    if versions["llava-dpa"] is None:  # run from the source tree (PYTHONPATH), not installed
+        import llava_dpa
+
+        versions["llava-dpa"] = getattr(llava_dpa, "__version__", None) or "source tree"
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu", "driver": driver,
+            "cuda": torch.version.cuda if cuda else None,
+            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
+            "python": platform.python_version(), "platform": platform.platform(), "commit": _commit(), "dtype": dtype,
+            "attn_implementation": "sdpa", "versions": versions}
+
+
+# ---- one check --------------------------------------------------------------------------------------------
+def execute(name: str, size_name: str, workdir: str, device: str) -> dict:
+    """Run one check in this process: {"passed", "figures"}."""
+    from llava_dpa.gpu_check import checks
+
+    unit = {u.name: u for u in plan()}[name]
+    ctx = checks.Context(SIZES[size_name], Path(workdir), device)
+    fn = getattr(checks, unit.check)
+    return fn(ctx, unit.form) if unit.form else fn(ctx)
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _inline(unit: Unit, size: str, workdir: str, device: str, limit: float) -> tuple[str, dict, str | None]:
+    def ring(*_):
+        raise _Alarm()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(limit, 1))
+    try:
+        result = execute(unit.name, size, workdir, device)
+        return ("passed" if result["passed"] else "failed"), result["figures"], None
+    except _Alarm:
+        return "timeout", {}, f"no result within its limit of {limit:.0f} s"
+    except Exception:
+        return "error", {}, traceback.format_exc()[-4000:]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _process(unit: Unit, size: str, workdir: str, device: str, limit: float) -> tuple[str, dict, str | None]:
+    folder = Path(workdir) / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    result, log = folder / f"{unit.name.replace('/', '_')}.json", folder / f"{unit.name.replace('/', '_')}.log"
+    result.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "llava_dpa.gpu_check", "unit", unit.name, "--size", size, "--workdir", workdir,
+               "--device", device, "--result", str(result)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the check and whatever it started
+            proc.wait()
+            timed_out = True
+    text = log.read_text(errors="replace")
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    tail = "\n".join(text.splitlines()[-40:])
+    if timed_out:
+        return "timeout", {}, f"killed at its limit of {limit:.0f} s; its output ended:\n{tail}"
+    if proc.returncode != 0 or not result.is_file():
+        return "error", {}, f"exit status {proc.returncode}; its output ended:\n{tail}"
+    found = json.loads(result.read_text())
+    return ("passed" if found["passed"] else "failed"), found["figures"], None
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+def _write(outdir: Path, report: dict) -> None:
+    report["summary"] = {s: sum(1 for c in report["checks"] if c["status"] == s) for s in STATUSES}
+    tmp = outdir / (REPORT + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str))
+    tmp.replace(outdir / REPORT)
+
+
+def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str | Path,
+        only: list[str] | None = None, deadline_s: float | None = None) -> int:
+    """Every check of the plan (or `only` these and what they need); writes OUTDIR/gpu_check.json. Exit status:
+    0 when every check that ran passed, 1 otherwise."""
+    outdir, workdir = Path(outdir), Path(workdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    deadline = deadline_s if deadline_s is not None else DEADLINE_S[size]
+    limits = LIMITS if size == "full" else SMOKE_LIMITS
+    units = select(plan("full") if only else plan(size), only)
+    start = time.monotonic()
+    report = {"schema": SCHEMA, "mode": "gpu" if size == "full" else "cpu-smoke", "size": size,
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
+              "deadline_s": deadline, "complete": False, "environment": environment(device, SIZES[size].dtype),
+              "checks": [], "summary": {}}
+    env = report["environment"]
+    print(f"[gpu-check] {report['mode']} on {env['device']} (driver {env['driver']}, CUDA {env['cuda']}), torch "
+          f"{env['versions']['torch']}, transformers {env['versions']['transformers']}; {len(units)} checks, "
+          f"deadline {deadline:.0f} s", flush=True)
+    _write(outdir, report)
+    status_of = {}
+    for i, unit in enumerate(units):
+        left = deadline - (time.monotonic() - start)
+        limit = min(limits[unit.check], left)
+        t0 = time.monotonic()
+        if unit.needs and status_of.get(unit.needs) != "passed":
+            status, figures, error = "skipped", {}, f"needs {unit.needs}, which {status_of.get(unit.needs, 'did not run')}"
+        elif limit < 5:
+            status, figures, error = "skipped", {}, f"out of time: {left:.0f} s of the {deadline:.0f} s deadline left"
+        else:
+            print(f"[gpu-check] {unit.name}: start (limit {limit:.0f} s)", flush=True)
+            runner = _process if isolation == "process" else _inline
+            status, figures, error = runner(unit, size, str(workdir), device, limit)
+        seconds = round(time.monotonic() - t0, 2)
+        status_of[unit.name] = status
+        report["checks"].append({"name": unit.name, "status": status, "seconds": seconds,
+                                 "time_limit_s": round(limits[unit.check], 1), "figures": figures, "error": error})
+        print(f"[gpu-check] {unit.name}: {status} in {seconds:.1f} s" + (f"\n{error}" if error else ""), flush=True)
+        last_of_pair = unit.form and unit.check in PAIR_CHECKS and not any(
+            u.form == unit.form and u.check in PAIR_CHECKS for u in units[i + 1:])
+        if last_of_pair:  # a form's pair takes ~19 GB at the full size: gone before the next is assembled
+            from llava_dpa.gpu_check.models import remove_form
+
+            remove_form(workdir, unit.form)
+        report["seconds"] = round(time.monotonic() - start, 2)
+        _write(outdir, report)
+    report["complete"] = True
+    report["seconds"] = round(time.monotonic() - start, 2)
+    _write(outdir, report)
+    found = problems(json.loads((outdir / REPORT).read_text()))
+    summary = ", ".join(f"{n} {s}" for s, n in report["summary"].items() if n)
+    print(f"[gpu-check] done in {report['seconds']:.0f} s: {summary}; wrote {outdir / REPORT}", flush=True)
+    if found:
+        print("[gpu-check] the report departs from its schema:\n  " + "\n  ".join(found), flush=True)
+        return 2
+    return 0 if report["summary"]["passed"] == len(report["checks"]) else 1
