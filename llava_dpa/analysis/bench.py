@@ -321,15 +321,16 @@ def bench_pair(paths: dict, configs: dict | None, args, device: str) -> dict:
     text_tokens, model_base, seed, image_size, repeats, warmup, decode_steps, preset, perceiver, scale)."""
     pipelines = {name: Pipeline(name, path, device, _DTYPES[args.dtype], args.text_tokens, args.model_base, args.seed,
                                 image_side=args.image_size) for name, path in paths.items()}
-    results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps)
-    return summarise(args, device, pipelines, results, analytic(pipelines, configs))
+    ops = tuple(getattr(args, "ops", None) or OPS)
+    results = measure(list(pipelines.values()), args.repeats, args.warmup, args.decode_steps, only=ops)
+    return summarise(args, device, pipelines, results, analytic(pipelines, configs), ops)
 
 
-def summarise(args, device, pipelines, results, theory) -> dict:
+def summarise(args, device, pipelines, results, theory, ops=OPS) -> dict:
     key = {"prefill": "seconds", "decode": "seconds_per_token", "train_stage2": "seconds", "train_stage1": "seconds"}
-    measured = {op: results["DPA"][op][key[op]] / results["baseline"][op][key[op]] for op in OPS}
+    measured = {op: results["DPA"][op][key[op]] / results["baseline"][op][key[op]] for op in ops}
     rows = {}
-    for op in OPS:
+    for op in ops:
         expected = theory[op] if theory else None
         rows[op] = {"measured": measured[op], "analytic": expected,
                     "measured_over_analytic": measured[op] / expected if expected else None}
@@ -355,7 +356,7 @@ def print_report(report: dict) -> None:
     print("throughput, DPA / baseline: inverse of the time ratio (paper Table 5: inference 0.94, training cost 1.14)")
     print("seconds per component (forward; a training step's backward is in rest; decode: the median cached step)")
     print(f"{'':24s}" + "".join(f"{c[:10]:>11s}" for c in (*COMPONENTS, "rest", "total")))
-    for op in ("prefill", "decode", "train_stage2", "train_stage1"):
+    for op in [op for op in OPS if op in report["seconds"]["DPA"]]:
         for name in ("DPA", "baseline"):
             r = report["seconds"][name][op]
             print(f"{op + ' ' + name:24s}" + "".join(f"{r['components'][c]:11.4f}" for c in (*COMPONENTS, "rest"))
@@ -378,6 +379,7 @@ def register(sub) -> None:
                    help="the synthetic image's side: --preset's ViT tile, and the whole image for native-resolution towers")
     p.add_argument("--text-tokens", type=int, default=256)
     p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="the operations to time (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -44,6 +44,8 @@ cleanup() { [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 echo "[check.sh] $(date -u +%FT%TZ) repo $REPO, python $("$PY" -c 'import sys; print(sys.version.split()[0])'), work $WORK"
 
+# progress bars would fill the log that comes back (at most 16 MiB a file)
+export TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 OLD_PYTHONPATH=${PYTHONPATH:-}
 export PYTHONPATH="$REPO${OLD_PYTHONPATH:+:$OLD_PYTHONPATH}"
 if [ "$INSTALL" = 1 ]; then
