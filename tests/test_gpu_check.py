@@ -37,7 +37,7 @@ def test_the_cpu_smoke_runs_every_check_and_writes_the_json(tmp_path):
     assert all(c["status"] == "passed" for c in report["checks"])
     log = (out / "gpu_check.log").read_text()
     assert "[gpu-check] done in" in log and "exit status 0" in log
-    assert not (tmp_path / "work").exists()  # the models' work folder is removed
+    assert list((tmp_path / "work").iterdir()) == []  # the run's work folder, with the models, is removed
     checks = {c["name"]: c["figures"] for c in report["checks"]}
     for form in ("llava", "qwen-vl"):
         for model in ("DPA", "baseline"):
@@ -144,3 +144,30 @@ def test_check_sh_refuses_bad_arguments(tmp_path):
     proc = subprocess.run(["bash", str(CHECK_SH), "--cpu-smoke", str(tmp_path / "o")], capture_output=True, text=True,
                           env=env)
     assert proc.returncode == 2 and "make gpu-bundle" in proc.stdout + proc.stderr
+
+
+def test_bench_times_decode_as_the_cached_steps_alone(tmp_path):
+    """Issue 21 point 3: decode is the cached steps after an untimed prefill, each timed alone; they decode what
+    `generate` decodes."""
+    import torch
+
+    from llava_dpa.analysis.bench import Pipeline, measure
+    from llava_dpa.analysis.bench_models import build_pair
+
+    pair = build_pair("qwen3-4b", 0.02, tmp_path, image_size=56)
+    pipe = Pipeline("DPA", pair["DPA"], "cpu", torch.float32, 8, image_side=56)
+    with torch.no_grad():
+        timed = pipe.decode_steps(3)
+        assert len(timed) == 3 and all(parts["vit"] == 0 and parts["perceiver_lm"] == 0 for _, parts in timed)
+        assert all(parts["target"] > 0 for _, parts in timed)  # each step runs the target alone, on one token
+        state, mine = pipe.decode_state(), []
+        mine.append(int(state[1]))
+        for _ in range(3):
+            state = pipe.decode_step(state)
+            mine.append(int(state[1]))
+        generated = pipe.model.generate(pipe.input_ids, images=pipe.images, image_sizes=pipe.sizes, do_sample=False,
+                                        max_new_tokens=4, pad_token_id=pipe.tokenizer.pad_token_id)[0, -4:].tolist()
+    assert generated == mine[:len(generated)]
+    result = measure([pipe], repeats=2, warmup=0, decode_steps=3, only=("decode",))["DPA"]["decode"]
+    assert result["steps"] == 3 and len(result["mean_per_token_by_repeat"]) == 2
+    assert result["seconds_per_token"] == result["seconds"] > 0

@@ -8,8 +8,8 @@
 #          --only CHECK[,CHECK...] (these checks and what they need, e.g. --only qlora,train/llava;
 #          the names: `python -m llava_dpa.gpu_check run --help`),
 #          --keep-workdir (leave the built models in the work folder).
-# Environment: PYTHON (default python3), GPU_BUNDLE (default <repo>/gpu_bundle), GPU_CHECK_WORKDIR (default: a
-# new folder under ${TMPDIR:-/tmp}).
+# Environment: PYTHON (default python3), GPU_BUNDLE (default <repo>/gpu_bundle), GPU_CHECK_WORKDIR (where the
+# run's own work folder is made; default ${TMPDIR:-/tmp}).
 # Writes OUTDIR/gpu_check.json and OUTDIR/gpu_check.log (everything this script and the checks print).
 # Exit status: 0 when every check passed, 1 when one did not, 2 when the run could not start.
 set -uo pipefail
@@ -38,8 +38,9 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG=$OUTDIR/gpu_check.log
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
-WORK=${GPU_CHECK_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/llava-dpa-gpu-check.XXXXXX")}
-mkdir -p "$WORK"
+# the models (~41 GB at the full size) go to a new folder, removed at the end, under GPU_CHECK_WORKDIR or TMPDIR
+mkdir -p "${GPU_CHECK_WORKDIR:-${TMPDIR:-/tmp}}" || exit 2
+WORK=$(mktemp -d "${GPU_CHECK_WORKDIR:-${TMPDIR:-/tmp}}/llava-dpa-gpu-check.XXXXXX") || exit 2
 cleanup() { [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 echo "[check.sh] $(date -u +%FT%TZ) repo $REPO, python $("$PY" -c 'import sys; print(sys.version.split()[0])'), work $WORK"
