@@ -88,14 +88,17 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     attn = kwargs.pop("attn_implementation", None) or ("flash_attention_2" if use_flash_attn else "sdpa")
     load_kwargs["attn_implementation"] = attn
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    # the projector and the tower stay unquantized (as QLoRA training keeps them: training/model_setup.py); the
+    # tower runs at the projector's dtype below
+    unquantized = ["mm_projector", "vision_tower", "lm_head"]
     if load_8bit:
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=unquantized)
     elif load_4bit:
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16 if device != "cpu" else torch.float32,
-            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
-    else:
-        load_kwargs["dtype"] = dtype or (torch.float32 if device == "cpu" else torch.float16)
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=unquantized)
+    # quantized too: the unquantized parts (projector, tower, norms) at this dtype, as LLaVA's builder does
+    load_kwargs["dtype"] = dtype or (torch.float32 if device == "cpu" else torch.float16)
     load_kwargs.update(kwargs)
 
     cfg = _config_dict(model_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import threading
+
 import torch
 import torch.nn as nn
 
@@ -26,6 +28,9 @@ def attention_implementation(requested: str | None = None) -> str:
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return "flash_attention_2"
     return "sdpa"
+
+
+_MEMO_LOCK = threading.RLock()
 
 
 class VisionTower(nn.Module, ABC):
@@ -188,13 +193,17 @@ class VisionTower(nn.Module, ABC):
             digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         weights = sum(p._version for p in self.parameters())  # bumped by every in-place update (training, loading)
         key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype, torch.is_inference_mode_enabled())
-        memo = self.__dict__.setdefault("_memo", {})
-        if key not in memo:
-            if len(memo) >= self.MEMO_SIZE:
-                memo.pop(next(iter(memo)))
-            memo[key] = self.features(images, **tower_inputs)
-            self.feature_computations = getattr(self, "feature_computations", 0) + 1
-        return memo[key]
+        # one lock for every tower (a lock attribute would make the module unpicklable): concurrent requests of a
+        # model worker share the memo; the same image is encoded once and eviction never races
+        with _MEMO_LOCK:
+            memo = self.__dict__.setdefault("_memo", {})
+            if key not in memo:
+                features = self.features(images, **tower_inputs)
+                while len(memo) >= self.MEMO_SIZE:
+                    memo.pop(next(iter(memo)))
+                memo[key] = features
+                self.feature_computations = getattr(self, "feature_computations", 0) + 1
+            return memo[key]
 
     @property
     def dummy_feature(self):

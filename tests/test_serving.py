@@ -1,0 +1,370 @@
+"""LLaVA's serving stack, unmodified entry points (controller, model worker, gradio web server), for every
+checkpoint kind whatever its folder's name: streaming multi-turn chats equal the CLI's answers, the web UI in
+headless Chromium, bad requests named, 32 concurrent requests, the tower's memo under threads.
+
+One controller and one worker per checkpoint for the whole module; every server binds 127.0.0.1 on a free port
+and is stopped with its process group (tests/serving_stack.py)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from conftest import PY, REPO, run, train_cmd
+from serving_stack import start_controller, start_web, start_worker, wait_for_models, wait_for_web
+
+from llava_dpa.serving.client import answer_of, encode_image, load_run, prompt_for, status, stream
+
+OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "official_dpa"
+QUESTIONS = ("What color is the shape?", "What shape is it?")
+MAX_PIXELS = 128 * 128  # the workers' --max-image-pixels here (the zoo's images are smaller)
+ARTIFACTS = Path(os.environ.get("LLAVA_DPA_ARTIFACTS", REPO / "outputs" / "test-artifacts"))
+
+
+def tiles_copy(checkpoint: Path, out: Path) -> Path:
+    """The baseline as LLaVA-NeXT serves it: anyres tiles (the same weights; config says anyres)."""
+    from conftest import TINY_PINPOINTS
+
+    out.mkdir(parents=True)
+    for f in checkpoint.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (out / f.name).symlink_to(f)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(image_aspect_ratio="anyres", mm_patch_merge_type="spatial",
+                  image_grid_pinpoints=[list(p) for p in eval(TINY_PINPOINTS)])
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def official_checkpoint(out: Path) -> Path:
+    """DPA with the Qwen-VL-native perceiver, imported from the official release's fixture (as
+    tests/test_official_import.py does)."""
+    import gzip
+
+    from llava_dpa.official.importer import import_official
+
+    src = out.parent / "official_src"
+    src.mkdir()
+    config = json.loads((OFFICIAL_FIXTURE / "checkpoint" / "config.json").read_text())
+    config["perceiver_config"].update(vit_path="Qwen/Qwen2.5-VL-3B-Instruct", llm_path="Qwen/Qwen3-0.6B")
+    config["thinker_name_or_path"] = "Qwen/Qwen3-4B"
+    (src / "config.json").write_text(json.dumps(config))
+    with gzip.open(OFFICIAL_FIXTURE / "checkpoint" / "pytorch_model.bin.gz", "rb") as f, \
+            open(src / "pytorch_model.bin", "wb") as g:
+        shutil.copyfileobj(f, g)
+    configs = OFFICIAL_FIXTURE / "configs"
+    return Path(import_official(str(src), str(out), vit_config=str(configs / "vit"),
+                                perceiver_lm_config=str(configs / "llm"), target_config=str(configs / "thinker"),
+                                target_tokenizer=str(OFFICIAL_FIXTURE / "tokenizer"),
+                                perceiver_tokenizer=str(OFFICIAL_FIXTURE / "tokenizer"), log=lambda *_: None))
+
+
+def lora_checkpoint(zoo, perceiver, dpa_stage1, out: Path) -> Path:
+    from llava_dpa.training.train import train
+
+    train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
+        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "1", "--lora_enable", "True",
+        "--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-2"])[3:])
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(zoo, perceiver, baseline_stage2, dpa_stage1, dpa_stage2, tmp_path_factory):
+    """The controller and one worker per checkpoint kind; names carry no "llava" (nor, for the 4-bit worker,
+    anything that says so). Yields {kind: (server, model_name, model_path, model_base, load_4bit)}."""
+    root = tmp_path_factory.mktemp("serving")
+    servers = []
+    try:
+        controller = start_controller(root)
+        servers.append(controller)
+        kinds = {
+            "baseline_tiles": (tiles_copy(baseline_stage2, root / "baseline_qwen3_tiles"), None, False),
+            "dpa": (dpa_stage2, None, False),
+        }
+        workers = {}
+        for kind, (path, base, q4) in kinds.items():
+            workers[kind] = start_worker(kind, controller, path, root, ["--max-image-pixels", MAX_PIXELS])
+        # while those two load: the other kinds' checkpoints (LoRA trains one step in this process)
+        kinds["official"] = (official_checkpoint(root / "official_dpa4b"), None, False)
+        # LoRA with --model-base, loaded in 4 bits (bitsandbytes on CPU): both loader paths in one worker
+        kinds["lora_int4"] = (lora_checkpoint(zoo, perceiver, dpa_stage1, root / "dpa_lora_r8"), Path(zoo["qwen3_lm"]),
+                              True)
+        for kind in ("official", "lora_int4"):
+            path, base, q4 = kinds[kind]
+            extra = ["--max-image-pixels", MAX_PIXELS] + (["--model-base", base] if base else []) + \
+                (["--load-4bit"] if q4 else [])
+            workers[kind] = start_worker(kind, controller, path, root, extra)
+        servers += workers.values()
+        names = {kind: Path(path).name for kind, (path, _, _) in kinds.items()}
+        wait_for_models(controller, list(workers.values()), list(names.values()))
+        yield {"controller": controller, "root": root, "kinds": {
+            kind: (workers[kind], names[kind], *kinds[kind]) for kind in kinds}}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def image_b64(zoo, name="img_001.png") -> str:
+    return encode_image(f"{zoo['images']}/{name}")
+
+
+def reference_chat(path, base, load_4bit, image_file, questions, max_new_tokens=8):
+    """What llava.serve.cli answers (its own code path: config template, one image tensor, greedy)."""
+    from llava.conversation import conv_templates
+    from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
+    from PIL import Image
+
+    from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+    from llava_dpa.llava_integration.inference import conv_mode_for, decode_reply, to_model
+    from llava_dpa.loading import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(path), str(base) if base else None, None,
+                                                           load_4bit=load_4bit, device="cpu")
+    image = Image.open(image_file).convert("RGB")
+    pixels = to_model(process_images([image], processor, model.config), model)
+    conv = conv_templates[conv_mode_for(model, None)].copy()
+    answers = []
+    for turn, question in enumerate(questions):
+        conv.append_message(conv.roles[0], ("<image>\n" if turn == 0 else "") + question)
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        stop = KeywordsStoppingCriteria([conv.sep], tokenizer, ids)
+        with torch.inference_mode():
+            out = model.generate(ids, images=pixels, image_sizes=[image.size], do_sample=False,
+                                 max_new_tokens=max_new_tokens, use_cache=True, stopping_criteria=[stop])
+        answers.append(decode_reply(tokenizer, out, ids))
+        conv.messages[-1][-1] = answers[-1]
+    return answers
+
+
+def served_chat(worker_url, image, questions, max_new_tokens=8):
+    """A two-turn conversation through the worker's streaming API, as the web UI sends it."""
+    template = status(worker_url)["conv_template"]
+    turns, answers, chunks = [], [], []
+    for turn, question in enumerate(questions):
+        turns.append((("<image>\n" if turn == 0 else "") + question, None))
+        prompt, stop = prompt_for(template, turns)
+        result = stream(worker_url, {"prompt": prompt, "stop": stop, "images": [image], "temperature": 0,
+                                     "max_new_tokens": max_new_tokens}, timeout=60)
+        assert result["error_code"] == 0, result
+        answers.append(answer_of(result, prompt))
+        chunks.append(result["chunks"])
+        turns[-1] = (turns[-1][0], answers[-1])
+    return answers, chunks
+
+
+# ---- every checkpoint kind, whatever its name ------------------------------------------------------------------
+
+def test_multimodal_and_template_come_from_the_config(stack):
+    for kind, (worker, name, *_rest) in stack["kinds"].items():
+        assert "llava" not in name.lower()
+        got = status(worker.url)
+        assert got["multimodal"] is True and got["conv_template"] == "qwen_3", (kind, got)
+        assert got["model_names"] == [name] and got["max_image_pixels"] == MAX_PIXELS
+
+
+@pytest.mark.parametrize("kind", ["baseline_tiles", "dpa", "official", "lora_int4"])
+def test_each_kind_streams_a_two_turn_image_chat_equal_to_the_cli(stack, zoo, kind):
+    worker, _, path, base, load_4bit = stack["kinds"][kind]
+    answers, chunks = served_chat(worker.url, image_b64(zoo), QUESTIONS)
+    assert answers == reference_chat(path, base, load_4bit, f"{zoo['images']}/img_001.png", QUESTIONS)
+    if kind in ("baseline_tiles", "dpa"):  # trained to answer (the others: one LoRA step, the fixture's random weights)
+        assert all(answers), answers
+    assert min(chunks) >= 1
+
+
+# ---- bad requests ------------------------------------------------------------------------------------------------
+
+def bomb_png(side: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_bad_requests_are_named_and_the_worker_goes_on(stack, zoo):
+    worker = stack["kinds"]["dpa"][0]
+    good_prompt, stop = prompt_for("qwen_3", [("<image>\n" + QUESTIONS[0], None)])
+    good = {"prompt": good_prompt, "stop": stop, "images": [image_b64(zoo)], "temperature": 0, "max_new_tokens": 4}
+    expected = answer_of(stream(worker.url, good), good_prompt)
+    two_images, _ = prompt_for("qwen_3", [("<image>\n<image>\n" + QUESTIONS[0], None)])
+    cases = {
+        "malformed base64": ({"images": ["not base64!!"]}, ["not valid base64", "base64-encoded"]),
+        "not an image": ({"images": [base64.b64encode(b"hello, not a picture").decode()]},
+                         ["is not an image", "PNG, JPEG or WebP"]),
+        "decompression bomb": ({"images": [bomb_png(512)]}, ["512x512", f"limit of {MAX_PIXELS}",
+                                                              "--max-image-pixels", "send a smaller image"]),
+        "more <image> than images": ({"prompt": two_images}, ["2 '<image>'", "1 image(s)", "exactly one"]),
+        "fewer <image> than images": ({"images": [image_b64(zoo)] * 2}, ["1 '<image>'", "2 image(s)"]),
+        "too long": ({"prompt": good_prompt.replace(QUESTIONS[0], "word " * 3000)},
+                     ["this model reads at most", "start a new conversation"]),
+        "no stop": ({"stop": None}, ["no 'stop'", "'<|im_end|>'"]),
+        "no prompt": ({"prompt": None}, ["no 'prompt'", "qwen_3"]),
+        "bad max_new_tokens": ({"max_new_tokens": "many"}, ["'max_new_tokens' must be a int"]),
+    }
+    for case, (change, needles) in cases.items():
+        result = stream(worker.url, {**good, **change}, timeout=60)
+        assert result["error_code"] == 2, (case, result)
+        assert "NETWORK ERROR" not in result["text"]
+        for needle in needles:
+            assert needle in result["text"], (case, needle, result["text"])
+        # the next good request is answered
+        assert answer_of(stream(worker.url, good), good_prompt) == expected, case
+
+
+# ---- load ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["baseline_tiles", "dpa"])
+def test_32_concurrent_streams_answer_like_one_at_a_time_with_bounded_memory(stack, zoo, kind):
+    worker = stack["kinds"][kind][0]
+    prompt, stop = prompt_for("qwen_3", [("<image>\n" + QUESTIONS[0], None)])
+    images = [image_b64(zoo, f"img_{i:03d}.png") for i in range(4)]
+    payloads = [{"prompt": prompt, "stop": stop, "images": [images[i % 4]], "temperature": 0, "max_new_tokens": 4}
+                for i in range(32)]
+    alone = [answer_of(stream(worker.url, payloads[i]), prompt) for i in range(4)]
+    rss, figures = [], []
+    for _ in range(3):
+        result = load_run(worker.url, payloads, concurrency=32, timeout=120)
+        assert [r["error_code"] for r in result["results"]] == [0] * 32
+        assert [answer_of(r, prompt) for r in result["results"]] == [alone[i % 4] for i in range(32)]
+        rss.append(worker.rss_bytes())
+        figures.append((round(result["requests_per_s"], 2), round(result["p50_s"], 3), round(result["p95_s"], 3)))
+    print(f"\n{kind}: 32 requests, --limit-model-concurrency 4: (req/s, p50 s, p95 s) per round {figures}; "
+          f"worker RSS {[r >> 20 for r in rss]} MiB")
+    # no growth across rounds once warm (the first round allocates the caches)
+    assert rss[2] - rss[1] < 64 << 20, rss
+
+
+def test_the_towers_memo_under_concurrent_requests(dpa_stage2):
+    """Many threads encode one image (and others, evicting) through the DPA tower's memo: no error, equal
+    features, the shared image encoded once per eviction."""
+    from llava_dpa.loading import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(str(dpa_stage2), None, None, device="cpu")
+    tower = model.get_vision_tower()
+    tower.__dict__.pop("_memo", None)
+    torch.manual_seed(0)
+    shared = torch.randn(1, 3, 32, 32)
+    others = [torch.randn(1, 3, 32, 32) for _ in range(12)]
+    with torch.inference_mode():
+        expected = tower.features(shared)
+    results, errors = [], []
+
+    def hit(i):
+        try:
+            with torch.inference_mode():
+                for j in range(6):
+                    results.append(tower(shared).clone())
+                    tower(others[(i + j) % len(others)])
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=hit, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    assert len(results) == 96 and all(torch.equal(r, expected) for r in results)
+    assert len(tower._memo) <= tower.MEMO_SIZE
+
+
+# ---- the web UI in a browser -------------------------------------------------------------------------------------
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise AssertionError("no chromium: install Debian's package (apt-get install -y chromium; `make test` does)")
+
+
+def bot_messages(page) -> list[str]:
+    return [m.inner_text().strip() for m in page.locator('#chatbot [data-testid="bot"]').all()]
+
+
+def ask(page, question: str, answers_before: int, timeout_s: float = 90) -> tuple[str, bool]:
+    """Send a question; wait for the answer to finish. Returns (answer, whether a partial answer was seen)."""
+    page.get_by_placeholder("Enter text and press ENTER").fill(question)
+    page.get_by_role("button", name="Send").click()
+    deadline, streamed = time.monotonic() + timeout_s, False
+    while time.monotonic() < deadline:
+        messages = bot_messages(page)
+        if len(messages) > answers_before:
+            if messages[-1].endswith("▌"):  # the web UI's cursor while chunks arrive
+                streamed = True
+            elif page.get_by_role("button", name="Regenerate").is_enabled():
+                return messages[-1], streamed
+        time.sleep(0.05)
+    raise AssertionError(f"no answer to {question!r} in {timeout_s} s; chat: {bot_messages(page)}")
+
+
+def open_chat(browser, url: str, image: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.set_default_timeout(30000)
+    page.goto(url)
+    page.get_by_role("button", name="Send").wait_for()
+    page.get_by_text("Parameters").click()  # greedy decoding (the slider's number box), as the CLI runs
+    temperature = page.get_by_label("number input for Temperature")
+    temperature.fill("0")
+    temperature.press("Enter")
+    served = 'img[src*="gradio_api/file="]'  # an uploaded image is shown from the server (Send waits for it)
+    before = page.locator(served).count()
+    page.locator('input[type="file"]').first.set_input_files(image)
+    deadline = time.monotonic() + 30
+    while page.locator(served).count() <= before:
+        assert time.monotonic() < deadline, "the image upload did not finish in 30 s"
+        time.sleep(0.1)
+    return page
+
+
+def test_web_ui_in_headless_chromium(stack, zoo):
+    """Both model-list modes: the page loads, an image is uploaded, a question and a follow-up are answered
+    (streamed) with the answers llava.serve.cli gives; screenshots are saved."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise AssertionError("playwright is missing: pip install -e .[serve]") from None
+    _, name, path, _, _ = stack["kinds"]["baseline_tiles"]
+    webs = {mode: start_web(stack["controller"], stack["root"], mode) for mode in ("once", "reload")}
+    image = f"{zoo['images']}/img_001.png"
+    try:
+        expected = reference_chat(path, None, False, image, QUESTIONS, max_new_tokens=512)
+        for web in webs.values():
+            wait_for_web(web)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), headless=True, args=["--no-sandbox"])
+            try:
+                # once: the model chosen by the URL (LLaVA's ?model=); reload: the list's first (the baseline)
+                page = open_chat(browser, f"{webs['once'].url}/?model={name}", image)
+                first, streamed = ask(page, QUESTIONS[0], 0)
+                second, _ = ask(page, QUESTIONS[1], 1)
+                assert page.locator("#chatbot img").count() >= 1  # the uploaded image is shown in the chat
+                page.screenshot(path=str(ARTIFACTS / "serving-web-ui-once.png"), full_page=True)
+                assert [first, second] == expected
+                page = open_chat(browser, webs["reload"].url, image)
+                assert page.locator("#model_selector_row input").input_value() == name  # sorts first
+                again, _ = ask(page, QUESTIONS[0], 0)
+                page.screenshot(path=str(ARTIFACTS / "serving-web-ui-reload.png"), full_page=True)
+                assert again == expected[0]
+            finally:
+                browser.close()
+        print(f"\nscreenshots in {ARTIFACTS}; partial answer seen while streaming: {streamed}")
+    except BaseException:
+        for web in webs.values():
+            print(web.output())
+        raise
+    finally:
+        for web in webs.values():
+            web.stop()
