@@ -15,8 +15,9 @@ the tower's tile size and `--text-tokens` text tokens.
 Operations, each as DPA time / baseline time (the cost ratio; a throughput ratio is its inverse):
 - prefill: one forward over image + prompt, with the KV cache;
 - decode: `--decode-steps` cached steps after that prefill (each feeds the last greedy token with the KV
-  cache), timed by themselves: the prefill runs before the clock starts, and each step is timed alone, so
-  the per-token time is the median step (a preempted step does not move it), not a difference of two totals;
+  cache), timed by themselves: the prefill runs before the clock starts, each step is timed alone and the two
+  models' steps alternate one by one, so the per-token time is the median step (a preempted step does not move
+  it), not a difference of two totals;
 - train (stage 2): forward + backward with what stage 2 trains (everything but the perceiver's LM head);
 - train (stage 1): forward + backward with only the alignment projector trainable (frozen towers run under
   no_grad). No optimizer step (it is the same for both apart from the parameter count).
@@ -177,13 +178,7 @@ class Pipeline:
 
     def decode_steps(self, steps: int) -> list:
         """(seconds, components) of every cached step after an untimed prefill."""
-        state, timed = self.decode_state(), []
-        for _ in range(steps):
-            box = {}
-            total, parts = self.clock.measure(lambda: box.setdefault("state", self.decode_step(state)))
-            state = box["state"]
-            timed.append((total, parts))
-        return timed
+        return decode_interleaved([self], steps)[self.name]
 
     def train_step(self, stage: int) -> None:
         from llava_dpa.training.parts import Part, part_of
@@ -213,6 +208,20 @@ class Pipeline:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def decode_interleaved(pipelines: list, steps: int) -> dict:
+    """Every pipeline's prefill (untimed), then their cached steps in turn, each timed alone: {name: [(seconds,
+    components)] * steps}. Step by step, the models meet the same load of a shared machine."""
+    states = {p.name: p.decode_state() for p in pipelines}
+    timed = {p.name: [] for p in pipelines}
+    for _ in range(steps):
+        for p in pipelines:
+            box = {}
+            total, parts = p.clock.measure(lambda: box.setdefault("state", p.decode_step(states[p.name])))
+            states[p.name] = box["state"]
+            timed[p.name].append((total, parts))
+    return timed
+
+
 def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: int = 32, only=OPS) -> dict:
     """Median seconds per operation and per component, for every pipeline; operations interleave."""
     ops = {"prefill": lambda p: p.prefill(), "train_stage2": lambda p: p.train_step(2),
@@ -222,14 +231,18 @@ def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: in
     steps = {p.name: [] for p in pipelines}  # decode: every timed cached step, (seconds, components)
     for op in [op for op in OPS if op in only]:
         for i in tqdm(range(warmup + repeats), desc=f"bench {op}"):
+            if op == "decode":  # the models' steps alternate one by one
+                with torch.no_grad():
+                    timed = decode_interleaved(pipelines, decode_steps)
+                if i >= warmup:
+                    for p in pipelines:
+                        steps[p.name].extend(timed[p.name])
+                continue
             for p in pipelines:
                 with torch.set_grad_enabled(op.startswith("train")):
-                    if op == "decode":
-                        timed = p.decode_steps(decode_steps)
-                    else:
-                        timed = [p.clock.measure(lambda: ops[op](p))]
+                    total, parts = p.clock.measure(lambda: ops[op](p))
                 if i >= warmup:
-                    (steps[p.name] if op == "decode" else samples[p.name][op]).extend(timed)
+                    samples[p.name][op].append((total, parts))
     result = {}
     for name, per_op in samples.items():
         result[name] = {op: _median(runs) for op, runs in per_op.items()}
@@ -238,7 +251,8 @@ def measure(pipelines: list, repeats: int = 5, warmup: int = 1, decode_steps: in
             per_repeat = [sum(t for t, _ in steps[name][r * decode_steps:(r + 1) * decode_steps]) / decode_steps
                           for r in range(repeats)]
             result[name]["decode"] = dict(decode, seconds_per_token=decode["seconds"], steps=decode_steps,
-                                          mean_per_token_by_repeat=per_repeat)
+                                          mean_per_token_by_repeat=per_repeat,
+                                          step_seconds=[round(t, 6) for t, _ in steps[name]])
     return result
 
 
@@ -334,6 +348,9 @@ def summarise(args, device, pipelines, results, theory, ops=OPS) -> dict:
         expected = theory[op] if theory else None
         rows[op] = {"measured": measured[op], "analytic": expected,
                     "measured_over_analytic": measured[op] / expected if expected else None}
+    if "decode" in ops:  # the steps ran in turn: the median of each pair's ratio, a second estimate
+        pairs = zip(results["DPA"]["decode"]["step_seconds"], results["baseline"]["decode"]["step_seconds"])
+        rows["decode"]["paired_step_ratio_median"] = statistics.median(a / b for a, b in pairs)
     return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
             "dtype": args.dtype, "torch": torch.__version__, "preset": args.preset, "perceiver": args.perceiver, "scale": args.scale,
             "text_tokens": pipelines["baseline"].text_tokens(), "image_size": pipelines["baseline"].images[0].shape[-1],
