@@ -14,7 +14,7 @@
 # Exit status: 0 when every check passed, 1 when one did not, 2 when the run could not start.
 set -uo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 SMOKE=0 INSTALL=1 KEEP=0 OUTDIR="" ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
