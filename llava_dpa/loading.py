@@ -90,7 +90,8 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
     # the projector and the tower stay unquantized (as QLoRA training keeps them: training/model_setup.py); the
     # tower runs at the projector's dtype below
-    unquantized = ["mm_projector", "vision_tower", "lm_head"]
+    # (4.57 matches these as substrings; 5.x from the start of the module name or as a regex: hence both forms)
+    unquantized = ["mm_projector", "vision_tower", "lm_head", r".*\.mm_projector", r".*\.vision_tower"]
     if load_8bit:
         load_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=unquantized)
     elif load_4bit:
