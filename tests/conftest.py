@@ -286,16 +286,35 @@ def registry(zoo, tmp_path_factory):
     return tiny_settings(zoo, built_once(tmp_path_factory, "registry", build))
 
 
-def answer_questions(checkpoint, questions, images, answers, *extra) -> list[dict]:
-    """LLaVA's `python -m llava.eval.model_vqa_loader` (what scripts/eval/llava_vqa.sh runs) in this process,
-    greedy; the answers file's rows."""
+@contextmanager
+def _torch_layer_init_kept():
+    """LLaVA's scripts switch torch's Linear and LayerNorm init off for the whole process
+    (llava.utils.disable_torch_init); a script run in this process must not leave later random models
+    uninitialised (NaN weights)."""
+    saved = torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters
+    try:
+        yield
+    finally:
+        torch.nn.Linear.reset_parameters, torch.nn.LayerNorm.reset_parameters = saved
+
+
+def entry_point(module: str, *args, stdin: str = "") -> str:
+    """`python -m MODULE ARGS < stdin` run in this process (the module's own `__main__` block); what it printed."""
+    import io
     import runpy
     from unittest import mock
 
-    argv = ["model_vqa_loader", "--model-path", str(checkpoint), "--question-file", str(questions), "--image-folder",
-            str(images), "--answers-file", str(answers), "--temperature", "0", *map(str, extra)]
-    with mock.patch.object(sys, "argv", argv):
-        runpy.run_module("llava.eval.model_vqa_loader", run_name="__main__")
+    argv = [module, *map(str, args)]
+    with mock.patch.object(sys, "argv", argv), mock.patch.object(sys, "stdin", io.StringIO(stdin)), \
+            _torch_layer_init_kept():
+        return in_process_logged_call(lambda: runpy.run_module(module, run_name="__main__"))
+
+
+def answer_questions(checkpoint, questions, images, answers, *extra) -> list[dict]:
+    """LLaVA's `python -m llava.eval.model_vqa_loader` (what scripts/eval/llava_vqa.sh runs) in this process,
+    greedy; the answers file's rows."""
+    entry_point("llava.eval.model_vqa_loader", "--model-path", checkpoint, "--question-file", questions,
+                "--image-folder", images, "--answers-file", answers, "--temperature", "0", *extra)
     return [json.loads(line) for line in Path(answers).read_text().splitlines()]
 
 

@@ -5,16 +5,23 @@ import re
 
 import torch
 
-from conftest import PY, REPO, assert_same_greedy, free_port, run, train_cmd
+from conftest import PY, REPO, assert_same_greedy, entry_point, free_port, run, train_cmd
 
 IMAGE = "img_000.png"
 
 
-def chat(model_path, image, questions, extra=(), python=PY):
-    proc = run([python, "-m", "llava.serve.cli", "--model-path", str(model_path), "--image-file", image, "--device", "cpu",
-                "--temperature", "0", "--max-new-tokens", "6", "--debug", *extra], input="\n".join(questions) + "\n\n")
-    turns = [ast.literal_eval(m) for m in re.findall(r"^ (\{'prompt'.*\}) $", proc.stdout, flags=re.M)]
-    return proc, turns
+def chat(model_path, image, questions, extra=(), own_process=False):
+    """llava.serve.cli, greedy, with --debug: what it printed and each turn's {'prompt', 'outputs'}. In this
+    process unless `own_process` (this module's CLI tests start `python -m llava.serve.cli` itself)."""
+    args = ["--model-path", model_path, "--image-file", image, "--device", "cpu", "--temperature", "0",
+            "--max-new-tokens", "6", "--debug", *extra]
+    typed = "\n".join(questions) + "\n\n"
+    if own_process:
+        printed = run([PY, "-m", "llava.serve.cli", *args], input=typed).stdout
+    else:
+        printed = entry_point("llava.serve.cli", *args, stdin=typed)
+    turns = [ast.literal_eval(m) for m in re.findall(r"^ (\{'prompt'.*\}) $", printed, flags=re.M)]
+    return printed, turns
 
 
 FALLBACK = "flash-attn is not installed; training with attn_implementation='sdpa'"
@@ -56,8 +63,9 @@ def reference_answer(checkpoint, image_path, prompt, max_new_tokens, model_base=
 
 
 def test_cli_two_turn_chat_keeps_history(zoo, baseline_stage2):
-    proc, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["What color is the shape?", "What shape is it?"])
-    assert len(turns) == 2, proc.stdout
+    printed, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["What color is the shape?", "What shape is it?"],
+                          own_process=True)
+    assert len(turns) == 2, printed
     first, second = turns
     assert first["outputs"], "the model answered nothing"
     assert first["prompt"].startswith("<|im_start|>user\n<image>\nWhat color is the shape?")
@@ -71,7 +79,7 @@ def test_cli_two_turn_chat_keeps_history(zoo, baseline_stage2):
 
 
 def test_cli_conv_mode_override(zoo, baseline_stage2):
-    _, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["hi"], extra=["--conv-mode", "llava_v1"])
+    _, turns = chat(baseline_stage2, f"{zoo['images']}/{IMAGE}", ["hi"], extra=["--conv-mode", "llava_v1"], own_process=True)
     assert turns[0]["prompt"].startswith("A chat between a curious human")
 
 

@@ -53,7 +53,7 @@ def test_local_task_folder(local_tasks, zoo):
         write_task(zoo["benchmark"], None, str(folder / "x"), "x")
 
 
-def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, plugin, zoo, tmp_path):
+def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, plugin, zoo, tmp_path, capsys):
     """lmms-eval finds `llava_dpa` through its entry point and runs generate_until (image and text-only) and
     loglikelihood tasks on CPU; its answers equal llava.eval.model_vqa_loader's (the same greedy decoding),
     although lmms-eval batches 4 left-padded prompts."""
@@ -69,14 +69,14 @@ def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, plugin, z
     lmms_answers = {docs[s["doc_id"]]["question_id"]: s["filtered_resps"] for s in samples}
     assert len(lmms_answers) == 24
     loglik = [json.loads(line) for line in next(out.rglob("*_samples_zoo_mc_loglik.jsonl")).read_text().splitlines()]
-    values = [float(ll) for ll, _ in loglik[0]["filtered_resps"]]  # (log-likelihood, greedy) per choice letter
-    assert len(values) == 3 and all(v < 0 for v in values)
+    values = [float(nll) for nll, _ in loglik[0]["filtered_resps"]]  # (-log-likelihood, greedy) per choice letter
+    assert len(values) == 3 and all(v > 0 for v in values)
     text = [json.loads(line) for line in next(out.rglob("*_samples_text_short.jsonl")).read_text().splitlines()]
     assert isinstance(text[0]["filtered_resps"], str) and text[0]["input"] == "What color is the shape?"
 
     # The scores are what the logged answers earn: exact match by the offline scorer on lmms-eval's own answers,
-    # accuracy as the share of questions whose right letter has the highest log-likelihood.
-    from llava_dpa.eval.lmms_tasks import doc_to_target
+    # accuracy as the share of questions whose right letter has the highest log-likelihood (the smallest
+    # negative log-likelihood: before that was so, lmms-eval's argmin chose the least likely letter).
     from llava_dpa.eval.offline import score
 
     answered = tmp_path / "lmms_answers.jsonl"
@@ -85,9 +85,7 @@ def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, plugin, z
     short_questions.write_text("\n".join(json.dumps(d) for d in docs))
     assert results["zoo_short"]["exact_match,none"] == pytest.approx(
         score(str(short_questions), str(answered))["short_answer"]["exact_match"])
-    mc_docs = json.loads((folder / "zoo_mc_loglik.json").read_text())
-    right = [max(range(3), key=lambda i: float(s["filtered_resps"][i][0])) == doc_to_target(mc_docs[s["doc_id"]])
-             for s in loglik]
+    right = [min(range(3), key=lambda i: float(s["filtered_resps"][i][0])) == int(s["target"]) for s in loglik]
     assert len(right) == 24 and results["zoo_mc_loglik"]["acc,none"] == pytest.approx(sum(right) / len(right))
 
     # lmms-eval's answers (4 left-padded prompts a batch) are llava.eval.model_vqa_loader's (one at a time), or
@@ -104,8 +102,11 @@ def test_lmms_eval_runs_the_plugin_end_to_end(local_tasks, dpa_stage2, plugin, z
             assert_same_greedy(plugin.model, plugin.tokenizer, plugin._encode(plugin.prompt(by_id[qid]["text"], 1)),
                                answer, vqa[qid], images=images, image_sizes=sizes)
 
-    report = run([PY, "-m", "llava_dpa.cli", "report", str(out), "--format", "json"], check=False)
-    assert report.returncode == 2 and "no paper benchmark" in report.stderr
+    from llava_dpa.cli import main
+
+    capsys.readouterr()
+    assert main(["report", str(out), "--format", "json"]) == 2
+    assert "no paper benchmark" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +164,10 @@ def test_loglikelihood_is_the_sum_of_continuation_log_probs(plugin, zoo):
     # lmms-eval's loglikelihood entry point returns the same pair, text-only requests included
     pair = plugin.loglikelihood(_requests(plugin, [{"text": question, "pil": image}], lambda d: other))[0]
     pair = getattr(pair, "text", pair)
-    assert pair[0] == pytest.approx(other_ll) and pair[1] is False
+    # ... as the negative log-likelihood, which lmms-eval's multiple_choice scoring minimises
+    assert pair[0] == pytest.approx(-other_ll) and pair[1] is False
     text_only = plugin.loglikelihood(_requests(plugin, [{"text": question}], lambda d: other, visual=False))[0]
-    assert getattr(text_only, "text", text_only)[0] != pytest.approx(other_ll)
+    assert getattr(text_only, "text", text_only)[0] != pytest.approx(-other_ll)
 
 
 def test_batched_generation_equals_one_by_one(plugin, zoo):

@@ -136,13 +136,13 @@ def test_other_layouts_are_refused_and_nothing_is_written(tmp_path):
 def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
     """DPA-4B-init's route: the imported checkpoint chats and answers a question file through LLaVA's own entry
     points, and stage 1 then stage 2 continue from its perceiver, its target and its aligner."""
-    from conftest import PY, answer_questions, in_process, in_process_logged, run
+    from conftest import PY, answer_questions, entry_point, in_process, in_process_logged
 
     out = do_import(merged_source(tmp_path), tmp_path / "dpa")
     images = FIXTURE / "images"
-    chat = run([PY, "-m", "llava.serve.cli", "--model-path", out, "--image-file", images / "wide.png", "--device", "cpu",
-                "--max-new-tokens", "3"], input="Describe the image.\n\n", timeout=300)
-    assert chat.stdout.count("assistant:") == 1
+    printed = entry_point("llava.serve.cli", "--model-path", out, "--image-file", images / "wide.png", "--device",
+                          "cpu", "--max-new-tokens", "3", stdin="Describe the image.\n\n")
+    assert printed.count("assistant:") == 1
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question_id": i, "image": f, "text": "What is shown?"})
                                    for i, f in enumerate(("wide.png", "tall.png"))))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PY, REPO, built_once, free_port, in_process_logged, run, two_turn_generate
+from conftest import PY, REPO, answer_questions, built_once, entry_point, free_port, in_process_logged, run, two_turn_generate
 
 NATIVE = ["--min_pixels", "256", "--max_pixels", "4096"]
 DPA, BASELINE = "dpa-qwen3-4b-official-pipeline", "llava-qwen3-4b-official-pipeline"
@@ -78,9 +78,9 @@ def test_official_pipeline_trains_reloads_and_chats(official, entry, tower, proj
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert not any("image_newline" in k for k in f.keys())
     image = sorted(Path(zoo["images"]).iterdir())[0]
-    chat = run([PY, "-m", "llava.serve.cli", "--model-path", out, "--image-file", image, "--device", "cpu",
-                "--max-new-tokens", "4"], input="What colour is it?\nAnd its shape?\n\n", timeout=300)
-    assert chat.stdout.count("assistant:") == 2
+    printed = entry_point("llava.serve.cli", "--model-path", out, "--image-file", image, "--device", "cpu",
+                          "--max-new-tokens", "4", stdin="What colour is it?\nAnd its shape?\n\n")
+    assert printed.count("assistant:") == 2
 
 
 def test_llava_eval_script_and_lmms_eval_model(official, tmp_path):
@@ -93,10 +93,7 @@ def test_llava_eval_script_and_lmms_eval_model(official, tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n".join(json.dumps({"question_id": f"q{i}", "image": f"img_00{i}.png",
                                                 "text": "What shape is it?"}) for i in range(2)))
-    answers = tmp_path / "a.jsonl"
-    run(["bash", str(REPO / "scripts/eval/llava_vqa.sh"), str(out), str(questions), zoo["images"], str(answers)],
-        env={"PYTHON": PY})
-    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    rows = answer_questions(out, questions, zoo["images"], tmp_path / "a.jsonl", "--max_new_tokens", "128")
     assert [r["question_id"] for r in rows] == ["q0", "q1"]
     model = LlavaDPA(pretrained=str(out), device="cpu", dtype="float32")
     image = Image.open(Path(zoo["images"]) / "img_000.png").convert("RGB")

@@ -3,11 +3,14 @@
 Every apply/revert here works on a copy of llava in a temporary folder (`--llava-dir`), never on the
 installed one: reverting site-packages mid-session would break the other tests importing llava meanwhile.
 """
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,6 @@ from conftest import PY, REPO, run
 
 pytestmark = pytest.mark.fast
 
-CLI = [PY, "-m", "llava_dpa.cli"]
 PATCHES = sorted((REPO / "patches").glob("*.patch"))
 
 
@@ -37,8 +39,20 @@ def fingerprint(site: Path) -> dict[str, str]:
     return {str(f.relative_to(site)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+def llava_dpa_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`llava-dpa ARGS` in this process (the console script's own function), its exit code and output."""
+    from llava_dpa.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    done = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    assert not check or code == 0, (args, done.stdout, done.stderr)
+    return done
+
+
 def patch_tool(site: Path, *args: str, check: bool = True):
-    return run(CLI + ["patch-llava", "--llava-dir", str(site), *args], check=check)
+    return llava_dpa_cli("patch-llava", "--llava-dir", str(site), *args, check=check)
 
 
 def assert_all(site: Path, state: str) -> None:
@@ -58,7 +72,7 @@ def count_actions(output: str, action: str) -> int:
 @pytest.fixture(scope="module")
 def installed_before():
     """The installed llava's files and `--check` report before this module touches anything."""
-    return fingerprint(INSTALLED), run(CLI + ["patch-llava", "--check"], check=False).stdout
+    return fingerprint(INSTALLED), llava_dpa_cli("patch-llava", "--check", check=False).stdout
 
 
 @pytest.fixture(scope="module")
@@ -134,4 +148,4 @@ def test_installed_llava_is_untouched(llava_copy, installed_before):
     patch_tool(llava_copy)
     files, report = installed_before
     assert fingerprint(INSTALLED) == files
-    assert run(CLI + ["patch-llava", "--check"], check=False).stdout == report
+    assert llava_dpa_cli("patch-llava", "--check", check=False).stdout == report

@@ -22,14 +22,14 @@ def env_for(settings):
     return env
 
 
-def launch(settings, *args, check=True):
-    return run(["bash", str(REPO / "scripts/train/launch.sh"), *args, "--", *TINY], env=env_for(settings), timeout=900,
-               check=check)
+def launch(settings, *args):
+    return run(["bash", str(REPO / "scripts/train/launch.sh"), *args, "--", *TINY], env=env_for(settings), timeout=900)
 
 
-def test_the_launcher_trains_a_row_refuses_a_missing_prerequisite_and_skips_what_is_complete(zoo, tmp_path):
+def test_the_launcher_trains_a_row_refuses_a_missing_prerequisite_and_skips_what_is_complete(zoo, tmp_path,
+                                                                                             monkeypatch, capsys):
     """scripts/train/launch.sh -> `llava-dpa recipe run` -> each step in its own process, settings from the
-    LLAVA_DPA_* environment."""
+    LLAVA_DPA_* environment; then the same `recipe run`, in this process, refuses and skips."""
     settings = tiny_settings(zoo, tmp_path / "checkpoints")
     ckpt = settings.checkpoints
     launch(settings, "llava-next-qwen3-4b", "--with-prerequisites")
@@ -37,11 +37,16 @@ def test_the_launcher_trains_a_row_refuses_a_missing_prerequisite_and_skips_what
     assert (ckpt / "llava-next-qwen3-4b" / "model.safetensors").is_file()
     recorded = json.loads((ckpt / "llava-next-qwen3-4b" / "run_config.json").read_text())
     assert recorded["argv"] == stage_command("llava-next-qwen3-4b", 2, settings, TINY).argv
+    from llava_dpa.cli import main
+
+    for name, value in env_for(settings).items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
     # DPA needs the perceiver VLM: refused, naming the command that makes it
-    refused = launch(settings, "dpa-qwen3-4b", check=False)
-    assert refused.returncode == 2 and "recipe run perceiver-qwen3-0.6b" in refused.stderr
-    again = launch(settings, "llava-next-qwen3-4b")
-    assert again.stdout.count("complete, skipped") == 2
+    assert main(["recipe", "run", "dpa-qwen3-4b", "--", *TINY]) == 2
+    assert "recipe run perceiver-qwen3-0.6b" in capsys.readouterr().err
+    assert main(["recipe", "run", "llava-next-qwen3-4b", "--", *TINY]) == 0
+    assert capsys.readouterr().out.count("complete, skipped") == 2
 
 
 def test_baseline_and_dpa_rows_differ_only_in_the_tower(registry):
@@ -59,8 +64,8 @@ def test_baseline_and_dpa_rows_differ_only_in_the_tower(registry):
     assert stage1["arguments"]["training"]["adam_beta2"] == 0.98
     baseline = json.loads((ckpt / "llava-next-qwen3-4b" / "config.json").read_text())
     differing = {k for k in set(dpa) | set(baseline) if dpa.get(k) != baseline.get(k)}
-    assert differing and all(k.startswith(("mm_", "perceiver", "freeze_perceiver")) or k in (
-        "_name_or_path", "tokenizer_padding_side") for k in differing), differing
+    tower_keys = ("mm_", "perceiver", "freeze_perceiver", "unfreeze_mm_vision_tower")
+    assert differing and all(k.startswith(tower_keys) for k in differing), " ".join(sorted(differing))
 
 
 def test_llama_target_recipes(registry):

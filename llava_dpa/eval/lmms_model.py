@@ -295,7 +295,10 @@ class LlavaDPA(lmms):
             context, target, doc_to_visual, doc_id, task, split = request.args
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
-            results.append(_as_lmms_response(self.continuation_logprob(context, continuation, visuals)))
+            logprob, greedy = self.continuation_logprob(context, continuation, visuals)
+            # lmms-eval 0.7.3 scores `multiple_choice` with argmin over this value (its own models return a
+            # loss), so it gets the negative log-likelihood: the likeliest choice is the smallest.
+            results.append(_as_lmms_response((-logprob, greedy)))
         return results
 
     def continuation_logprob(self, context: str, continuation: str, visuals: list) -> tuple[float, bool]:
