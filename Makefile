@@ -13,7 +13,7 @@ LLAVA_SPEC := llava-torch==1.2.2.post1
 SETUP_STAMP := $(VENV)/.setup-$(TRANSFORMERS)
 EVAL_STAMP := $(VENV)/.eval-$(TRANSFORMERS)
 
-.PHONY: setup setup-eval demo test test-line test-fast patch-check clean
+.PHONY: setup setup-eval demo test test-line test-fast browser patch-check clean
 
 setup: $(SETUP_STAMP)
 
@@ -21,7 +21,7 @@ $(SETUP_STAMP): setup.py constraints.txt $(wildcard patches/*.patch)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" "transformers==$(TRANSFORMERS)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,serve]" "transformers==$(TRANSFORMERS)"
 	# llava's own pins are obsolete: install it without them (afresh, so a changed patch applies to pristine code), then apply patches/.
 	$(PY) -m pip install -q --force-reinstall --no-deps $(LLAVA_SPEC)
 	# torchvision breaks transformers' CLIP import beside the CPU torch wheel; the PIL processors need none.
@@ -33,7 +33,8 @@ $(SETUP_STAMP): setup.py constraints.txt $(wildcard patches/*.patch)
 # lmms-eval (the evaluation harness) with the model stack held at the installed versions, so it cannot move
 # torch (to a CUDA build) or, on the 4.57 line, transformers (to 5.x); on the 5 line lmms-eval accepts the
 # installed transformers, so it is not held. constraints-eval.txt says what must move instead.
-HELD := torch|accelerate|peft|safetensors|numpy|bitsandbytes|deepspeed$(if $(filter 4.%,$(TRANSFORMERS)),|transformers|tokenizers|huggingface_hub)
+# gradio 5.50 (the serve extra) pins pillow and pandas below their newest: held too.
+HELD := torch|accelerate|peft|safetensors|numpy|bitsandbytes|deepspeed|gradio|pillow|pandas$(if $(filter 4.%,$(TRANSFORMERS)),|transformers|tokenizers|huggingface_hub)
 setup-eval: $(EVAL_STAMP)
 
 $(EVAL_STAMP): $(SETUP_STAMP) constraints-eval.txt
@@ -55,10 +56,14 @@ test:
 	$(MAKE) test-line TRANSFORMERS=$(TRANSFORMERS_5) OTHER_VENV=.venv || rc=1; \
 	exit $$rc
 
+# The web UI's browser test drives Debian's chromium (a system package; nothing is downloaded at run time).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
 # One line's whole suite on two xdist workers: make test-line TRANSFORMERS=5.24.0. It prints the 25 slowest
 # tests and a line for every skip and failure, so each CI log shows where the time goes.
 WORKERS ?= 2
-test-line: setup setup-eval
+test-line: browser setup setup-eval
 	@echo "== transformers $(TRANSFORMERS) ($(VENV))"
 	LLAVA_DPA_OTHER_PYTHON=$(if $(OTHER_VENV),$(CURDIR)/$(OTHER_VENV)/bin/python) \
 	  $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=25 -ra tests
