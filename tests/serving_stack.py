@@ -1,5 +1,6 @@
 """Helpers of tests/test_serving.py: LLaVA's controller, model workers and gradio web server as subprocesses on
-127.0.0.1 and free ports, each stopped with its whole process group, every wait bounded."""
+127.0.0.1 (their default host, which the tests check) and free ports, each stopped with its whole process group,
+every wait bounded."""
 from __future__ import annotations
 
 import os
@@ -61,6 +62,26 @@ class Server:
                 pass
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses on which some process listens on TCP `port` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(raw)))
+    return found
+
+
 def wait_until(what: str, ready, servers: list[Server], timeout: float):
     deadline = time.monotonic() + timeout
     while True:
@@ -79,14 +100,14 @@ def wait_until(what: str, ready, servers: list[Server], timeout: float):
 
 def start_controller(cwd: Path) -> Server:
     port = free_port()
-    server = Server("controller", [PY, "-m", "llava.serve.controller", "--host", "127.0.0.1", "--port", port], cwd, port)
+    server = Server("controller", [PY, "-m", "llava.serve.controller", "--port", port], cwd, port)
     wait_until("controller", lambda: requests.post(server.url + "/list_models", timeout=2).ok, [server], 60)
     return server
 
 
 def start_worker(name: str, controller: Server, model_path, cwd: Path, extra=()) -> Server:
     port = free_port()
-    return Server(name, [PY, "-m", "llava.serve.model_worker", "--host", "127.0.0.1", "--port", port,
+    return Server(name, [PY, "-m", "llava.serve.model_worker", "--port", port,
                          "--worker-address", f"http://127.0.0.1:{port}", "--controller-address", controller.url,
                          "--model-path", model_path, "--device", "cpu", "--limit-model-concurrency", "4", *extra],
                   cwd, port)

@@ -66,7 +66,8 @@ def test_the_schema_names_what_departs():
     good = {"schema": SCHEMA, "mode": "gpu", "size": "full", "started": "2026-01-01T00:00:00+00:00", "seconds": 1.0,
             "deadline_s": 440, "complete": True,
             "environment": {"device": "H200", "driver": "580", "cuda": "13.0", "gpu_memory_gib": 139.8,
-                            "python": "3.12.3", "platform": "Linux", "commit": None, "dtype": "bfloat16",
+                            "python": "3.12.3", "platform": "Linux", "commit": None, "bundle_commit": "abc",
+                            "bundle_dirty": False, "dtype": "bfloat16",
                             "attn_implementation": "sdpa",
                             "versions": {p: None for p in __import__("llava_dpa.gpu_check.schema").gpu_check.schema.PACKAGES}},
             "checks": [{"name": "build", "status": "passed", "seconds": 1.0, "time_limit_s": 150, "figures": {},
@@ -118,10 +119,25 @@ def test_a_failing_or_hanging_check_does_not_stop_the_others(tmp_path, monkeypat
     late = json.loads((tmp_path / "late" / "gpu_check.json").read_text())
     assert problems(late) == [] and all(c["status"] == "skipped" for c in late["checks"])
     assert "out of time" in late["checks"][0]["error"]
+    # a report that departs from its schema is a 1 too (2 is check.sh's "could not start")
+    monkeypatch.setattr(runner, "problems", lambda report: ["environment: no 'driver'"])
+    assert runner.run(tmp_path / "odd", "smoke", "cpu", "inline", tmp_path / "work", only=["build"]) == 1
+
+
+@pytest.mark.fast
+def test_the_bundle_commit_is_reported_beside_the_trees(tmp_path, monkeypatch):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"commit": "0123abc", "dirty": True, "wheels": []}))
+    monkeypatch.setenv("LLAVA_DPA_BUNDLE_MANIFEST", str(manifest))
+    monkeypatch.setenv("LLAVA_DPA_COMMIT", "fedcba9")
+    env = runner.environment("cpu", "float32")
+    assert (env["commit"], env["bundle_commit"], env["bundle_dirty"]) == ("fedcba9", "0123abc", True)
+    monkeypatch.delenv("LLAVA_DPA_BUNDLE_MANIFEST")
+    assert runner._bundle() == (None, None)
 
 
 ENV = {"device": "cpu", "driver": None, "cuda": None, "gpu_memory_gib": None, "python": "3", "platform": "x",
-       "commit": None, "dtype": "bfloat16", "attn_implementation": "sdpa",
+       "commit": None, "bundle_commit": None, "bundle_dirty": None, "dtype": "bfloat16", "attn_implementation": "sdpa",
        "versions": {p: None for p in __import__("llava_dpa.gpu_check.schema").gpu_check.schema.PACKAGES}}
 
 

@@ -93,6 +93,20 @@ def _commit() -> str | None:
     return None
 
 
+def _bundle() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the gpu_bundle the run was installed from: check.sh names its manifest.json in
+    LLAVA_DPA_BUNDLE_MANIFEST (read as JSON); (None, None) without one."""
+    path = os.environ.get("LLAVA_DPA_BUNDLE_MANIFEST")
+    if not path or not Path(path).is_file():
+        return None, None
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except ValueError:
+        return None, None
+    commit, dirty = manifest.get("commit"), manifest.get("dirty")
+    return (commit if isinstance(commit, str) and commit else None), (dirty if isinstance(dirty, bool) else None)
+
+
 def environment(device: str, dtype: str) -> dict:
     import torch
 
@@ -107,10 +121,12 @@ def environment(device: str, dtype: str) -> dict:
         import llava_dpa
 
         versions["llava-dpa"] = getattr(llava_dpa, "__version__", None) or "source tree"
+    bundle_commit, bundle_dirty = _bundle()
     return {"device": torch.cuda.get_device_name() if cuda else "cpu", "driver": driver,
             "cuda": torch.version.cuda if cuda else None,
             "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
-            "python": platform.python_version(), "platform": platform.platform(), "commit": _commit(), "dtype": dtype,
+            "python": platform.python_version(), "platform": platform.platform(), "commit": _commit(),
+            "bundle_commit": bundle_commit, "bundle_dirty": bundle_dirty, "dtype": dtype,
             "attn_implementation": "sdpa", "versions": versions}
 
 
@@ -185,8 +201,9 @@ def _write(outdir: Path, report: dict) -> None:
 
 def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str | Path,
         only: list[str] | None = None, deadline_s: float | None = None) -> int:
-    """Every check of the plan (or `only` these and what they need); writes OUTDIR/gpu_check.json. Exit status:
-    0 when every check that ran passed, 1 otherwise."""
+    """Every check of the plan (or `only` these and what they need); writes OUTDIR/gpu_check.json. Exit status
+    (check.sh's): 0 when every planned check passed; 1 otherwise: a check failed, errored, timed out or was
+    skipped, or the report departs from its schema. (2 is check.sh's: the run could not start.)"""
     outdir, workdir = Path(outdir), Path(workdir)
     outdir.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -237,5 +254,5 @@ def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str
     print(f"[gpu-check] done in {report['seconds']:.0f} s: {summary}; wrote {outdir / REPORT}", flush=True)
     if found:
         print("[gpu-check] the report departs from its schema:\n  " + "\n  ".join(found), flush=True)
-        return 2
+        return 1
     return 0 if report["summary"]["passed"] == len(report["checks"]) else 1

@@ -2,20 +2,23 @@
 
 {"schema": SCHEMA, "mode": "gpu" | "cpu-smoke", "size": "full" | "smoke", "started": ISO time,
  "seconds": float, "deadline_s": float, "complete": bool (every planned check got a result),
- "environment": {"device", "driver", "cuda", "gpu_memory_gib", "python", "platform", "commit", "dtype",
+ "environment": {"device", "driver", "cuda", "gpu_memory_gib", "python", "platform",
+                 "commit" (the source tree's git HEAD, or $LLAVA_DPA_COMMIT),
+                 "bundle_commit", "bundle_dirty" (the gpu_bundle's manifest.json; None without one), "dtype",
                  "attn_implementation", "versions": {package: version or None}},
  "checks": [{"name", "status", "seconds", "time_limit_s", "figures": {...}, "error": str or None}],
  "summary": {status: count}}
 """
 from __future__ import annotations
 
-SCHEMA = "llava-dpa-gpu-check/1"
+SCHEMA = "llava-dpa-gpu-check/2"  # 2: environment.bundle_commit, bundle_dirty
 STATUSES = ("passed", "failed", "error", "timeout", "skipped")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "numpy", "pillow",
             "bitsandbytes", "llava-torch", "llava-dpa", "deepspeed", "flash-attn")
 ENVIRONMENT = {"device": str, "driver": (str, type(None)), "cuda": (str, type(None)),
                "gpu_memory_gib": (float, int, type(None)), "python": str, "platform": str,
-               "commit": (str, type(None)), "dtype": str, "attn_implementation": str, "versions": dict}
+               "commit": (str, type(None)), "bundle_commit": (str, type(None)),
+               "bundle_dirty": (bool, type(None)), "dtype": str, "attn_implementation": str, "versions": dict}
 CHECK = {"name": str, "status": str, "seconds": (float, int), "time_limit_s": (float, int), "figures": dict,
          "error": (str, type(None))}
 TOP = {"schema": str, "mode": str, "size": str, "started": str, "seconds": (float, int), "deadline_s": (float, int),

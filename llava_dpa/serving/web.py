@@ -1,4 +1,4 @@
-"""What LLaVA's gradio web server (`llava.serve.gradio_web_server`, patches/15-web-server.patch) asks here.
+"""What LLaVA's gradio web server (`llava.serve.gradio_web_server`, patches/15-serve-web.patch) asks here.
 
 LLaVA chose the conversation template from the model's *name* ("llava" + "v1" + ...): a Qwen3 checkpoint got
 `llava_v0` and answered nothing. Here the web server asks the model's worker, which reads it from the config.
@@ -11,7 +11,7 @@ import requests
 
 logger = logging.getLogger("llava_dpa.serving")
 
-#: what the web server uses when a worker does not say (a worker without patches/14-worker.patch)
+#: what the web server uses when a worker does not say (a worker without patches/14-serve-worker.patch)
 FALLBACK_TEMPLATE = "llava_v1"
 
 
@@ -34,6 +34,9 @@ def template_for(controller_url: str, model_name: str) -> str:
                        FALLBACK_TEMPLATE)
         template = None
     if template not in conv_templates:
+        logger.warning("%s's worker names the template %r, which llava.conversation does not have (a worker "
+                       "without patches/14-serve-worker.patch, or another llava); using %s: its answers may be "
+                       "wrong", model_name, template, FALLBACK_TEMPLATE)
         return FALLBACK_TEMPLATE
     return template
 

@@ -1,4 +1,4 @@
-"""The body of LLaVA's model worker (`llava.serve.model_worker`, patches/14-worker.patch delegates here).
+"""The body of LLaVA's model worker (`llava.serve.model_worker`, patches/14-serve-worker.patch delegates here).
 
 What LLaVA's own worker got wrong, and what this does instead:
 - multimodal was `'llava' in model_name`: a DPA or baseline folder without "llava" in its name had its images
@@ -22,7 +22,7 @@ import traceback
 import torch
 
 from llava_dpa.serving.requests import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOKEN, RequestError, check_image_count,
-                                        decode_image, number, require)
+                                        decode_images, number, require)
 
 logger = logging.getLogger("llava_dpa.serving")
 
@@ -49,26 +49,52 @@ def max_length(worker) -> int:
     return min(limits) if limits else 2048
 
 
-def status_extras(worker) -> dict:
+def status_extras(worker, max_image_pixels: int) -> dict:
     """Added to the worker's /worker_get_status answer: the web UI reads the template from here."""
     return {"conv_template": conv_template(worker.model), "multimodal": worker.is_multimodal,
-            "max_length": max_length(worker), "max_image_pixels": max_image_pixels(worker)}
+            "max_length": max_length(worker), "max_image_pixels": max_image_pixels}
 
 
-def max_image_pixels(worker) -> int:
-    return int(getattr(worker, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS)
+def pixel_limit(value=None) -> int:
+    """The worker's --max-image-pixels: None gives the default; anything else must be a positive whole number."""
+    if value is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    return positive_int(value)
+
+
+def positive_int(text) -> int:
+    """argparse type (and check) of --max-image-pixels: a whole number above 0."""
+    import argparse
+
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if isinstance(text, bool) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 (pixels per request)")
+    return value
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                        help="refuse images with more pixels than this, before decoding them "
-                             f"(default {DEFAULT_MAX_IMAGE_PIXELS} = 6000x6000)")
+    parser.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse a request whose images have more pixels than this in all, from their headers, "
+                             f"before decoding them (default {DEFAULT_MAX_IMAGE_PIXELS} = 6000x6000)")
 
 
-def configure(worker, args) -> None:
-    worker.max_image_pixels = int(args.max_image_pixels)
+def log_serving(worker) -> None:
     logger.info("serving %s: multimodal=%s template=%s max_length=%s max_image_pixels=%s", worker.model_name,
                 worker.is_multimodal, conv_template(worker.model), max_length(worker), worker.max_image_pixels)
+
+
+async def read_params(request):
+    """The request's JSON body, or the RequestError that names why it is not JSON (prepare raises it, so the
+    client gets a code-2 chunk instead of a bare 500)."""
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        return RequestError(f"the request body is not valid JSON ({exc}): send a JSON object with 'prompt', "
+                            f"'stop' and optional 'images'")
 
 
 def chunk(text: str, error_code: int = OK) -> bytes:
@@ -85,8 +111,10 @@ class _Cancelled:
         return self.event.is_set()
 
 
-def prepare(worker, params: dict):
+def prepare(worker, params: dict, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """Validate a request and build the generation's inputs; raises RequestError naming the problem and fix."""
+    if isinstance(params, RequestError):  # read_params: the body was not JSON
+        raise params
     from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
 
     from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
@@ -113,7 +141,7 @@ def prepare(worker, params: dict):
     image_args = {}
     text = prompt
     if images:
-        pil = [decode_image(data, i, max_image_pixels(worker)) for i, data in enumerate(images)]
+        pil = decode_images(images, max_image_pixels)
         pixels = to_model(process_images(pil, worker.image_processor, model.config), model)
         image_args = {"images": pixels, "image_sizes": [im.size for im in pil]}
         if getattr(model.config, "mm_use_im_start_end", False):
@@ -156,11 +184,11 @@ def stop_string(template: str) -> str:
     return conv.sep if conv.sep_style in (SeparatorStyle.SINGLE, SeparatorStyle.MPT) else conv.sep2
 
 
-def generate_stream(worker, params: dict):
+def generate_stream(worker, params: dict, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """LLaVA's streaming contract: chunks of {"text": prompt + answer so far, "error_code": 0}, NUL-separated."""
     from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-    prompt, stop, generation, stopping = prepare(worker, params)
+    prompt, stop, generation, stopping = prepare(worker, params, max_image_pixels)
     streamer = TextIteratorStreamer(worker.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=1.0)
     cancelled = _Cancelled()
     failure = []

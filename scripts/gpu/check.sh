@@ -11,7 +11,7 @@
 # Environment: PYTHON (default python3), GPU_BUNDLE (default <repo>/gpu_bundle), GPU_CHECK_WORKDIR (where the
 # run's own work folder is made; default ${TMPDIR:-/tmp}).
 # Writes OUTDIR/gpu_check.json and OUTDIR/gpu_check.log (everything this script and the checks print).
-# Exit status: 0 when every check passed, 1 when one did not, 2 when the run could not start.
+# Exit status: 0 when every check passed, 1 when one did not or the JSON breaks its schema, 2 when the run could not start.
 set -uo pipefail
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -38,11 +38,13 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG=$OUTDIR/gpu_check.log
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE=$!
+# at exit: close our ends of the pipe and wait for tee, so that the log has every line (the exit status's last)
+finish() { if [ -n "${WORK:-}" ] && [ "$KEEP" != 1 ]; then rm -rf "$WORK"; fi; exec >&- 2>&-; wait "$TEE"; }
+trap finish EXIT
 # the models (~41 GB at the full size) go to a new folder, removed at the end, under GPU_CHECK_WORKDIR or TMPDIR
 mkdir -p "${GPU_CHECK_WORKDIR:-${TMPDIR:-/tmp}}" || exit 2
 WORK=$(mktemp -d "${GPU_CHECK_WORKDIR:-${TMPDIR:-/tmp}}/llava-dpa-gpu-check.XXXXXX") || exit 2
-cleanup() { [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
-trap cleanup EXIT
 echo "[check.sh] $(date -u +%FT%TZ) repo $REPO, python $("$PY" -c 'import sys; print(sys.version.split()[0])'), work $WORK"
 
 # progress bars would fill the log that comes back (at most 16 MiB a file)
@@ -79,8 +81,8 @@ PYEOF
         fi
     fi
     "$PY" -m llava_dpa.cli patch-llava || exit 2
-    [ -f "$BUNDLE/manifest.json" ] && export LLAVA_DPA_COMMIT=${LLAVA_DPA_COMMIT:-$("$PY" -c \
-        "import json,sys; print(json.load(open(sys.argv[1])).get('commit') or '')" "$BUNDLE/manifest.json")}
+    # the report's environment.bundle_commit and bundle_dirty (the tree's own commit stays `commit`)
+    [ -f "$BUNDLE/manifest.json" ] && export LLAVA_DPA_BUNDLE_MANIFEST=$BUNDLE/manifest.json
 fi
 "$PY" -m llava_dpa.cli patch-llava --check >/dev/null || { echo "[check.sh] llava is not patched" >&2; exit 2; }
 
