@@ -222,7 +222,7 @@ def test_bad_requests_are_named_and_the_worker_goes_on(stack, zoo):
         "no stop": ({"stop": None}, ["no 'stop'", "'<|im_end|>'"]),
         "no prompt": ({"prompt": None}, ["no 'prompt'", "qwen_3"]),
         "bad max_new_tokens": ({"max_new_tokens": "many"}, ["'max_new_tokens' must be a int"]),
-        "NaN temperature": ({"temperature": float("nan")}, ["'temperature' must be a finite float", "not finite"]),
+        "NaN temperature": ({"temperature": "NaN"}, ["'temperature' must be a finite float", "not finite"]),
     }
     for case, (change, needles) in cases.items():
         result = stream(worker.url, {**good, **change}, timeout=60)
@@ -232,11 +232,13 @@ def test_bad_requests_are_named_and_the_worker_goes_on(stack, zoo):
             assert needle in result["text"], (case, needle, result["text"])
         # the next good request is answered
         assert answer_of(stream(worker.url, good), good_prompt) == expected, case
-    # a body that is not JSON: a named refusal in the stream, not a bare 500
-    response = requests.post(worker.url + "/worker_generate_stream", data=b'{"prompt": "hi", ', timeout=60)
-    assert response.status_code == 200, response.text
-    refused = json.loads(response.content.split(b"\0")[0])
-    assert refused["error_code"] == 2 and "not valid JSON" in refused["text"], refused
+    # a body that is not JSON: a named refusal in the stream, not a bare 500; JSON's NaN literal: refused too
+    for body, needle in ((b'{"prompt": "hi", ', "not valid JSON"),
+                         (json.dumps({**good, "temperature": float("nan")}).encode(), "must be a finite float")):
+        response = requests.post(worker.url + "/worker_generate_stream", data=body, timeout=60)
+        assert response.status_code == 200, response.text
+        refused = json.loads(response.content.split(b"\0")[0])
+        assert refused["error_code"] == 2 and needle in refused["text"], refused
     assert answer_of(stream(worker.url, good), good_prompt) == expected
 
 
