@@ -193,17 +193,20 @@ class VisionTower(nn.Module, ABC):
             digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         weights = sum(p._version for p in self.parameters())  # bumped by every in-place update (training, loading)
         key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype, torch.is_inference_mode_enabled())
-        # one lock for every tower (a lock attribute would make the module unpicklable): concurrent requests of a
-        # model worker share the memo; the same image is encoded once and eviction never races
+        # One lock for every tower (a lock attribute would make the module unpicklable) guards the memo's reads and
+        # writes, so concurrent requests of a model worker never race on eviction. The encoding itself runs outside
+        # it: requests encode in parallel, and two that miss the same image at once may both encode it.
         with _MEMO_LOCK:
             memo = self.__dict__.setdefault("_memo", {})
-            if key not in memo:
-                features = self.features(images, **tower_inputs)
-                while len(memo) >= self.MEMO_SIZE:
-                    memo.pop(next(iter(memo)))
-                memo[key] = features
-                self.feature_computations = getattr(self, "feature_computations", 0) + 1
-            return memo[key]
+            if key in memo:
+                return memo[key]
+        features = self.features(images, **tower_inputs)
+        with _MEMO_LOCK:
+            while len(memo) >= self.MEMO_SIZE:
+                memo.pop(next(iter(memo)))
+            memo[key] = features
+            self.feature_computations = getattr(self, "feature_computations", 0) + 1
+        return features
 
     @property
     def dummy_feature(self):
