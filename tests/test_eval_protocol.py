@@ -1,15 +1,28 @@
-"""PROTOCOL=official in scripts/eval/run_paper_suite.sh: the release's generation settings and system prompt reach
-the command lines (read back with lmms-eval's own parser) and, through `--gen_kwargs` and `--model_args`, the
-llava_dpa model's generate and prompt."""
+"""The evaluation protocols (llava_dpa/recipes/evaluation.py) and `llava-dpa eval list|show|run`
+(llava_dpa/commands/eval.py), which scripts/eval/run_paper_suite.sh launches.
+
+- The commands are byte-identical to the bash script's before issue #19 (REFERENCE and EXECUTED at the end:
+  its output, captured from commit 97afc97's scripts/eval/run_paper_suite.sh before it became a launcher).
+- PROTOCOL=official: the release's generation settings and system prompt reach the command lines (read back
+  with lmms-eval's own parser) and, through `--gen_kwargs` and `--model_args`, the llava_dpa model's generate
+  and prompt."""
+import argparse
+import contextlib
+import io
+import json
+import os
 import shlex
+import sys
 import types
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, run
 
-pytestmark = pytest.mark.fast  # DRY_RUN prints commands; the models below are stubs or a 2-layer toy
+pytestmark = pytest.mark.fast  # dry runs print commands; the models below are stubs or a 2-layer toy
 
 SCRIPT = str(REPO / "scripts/eval/run_paper_suite.sh")
 MM_TASKS = ["mmstar", "seedbench_2_plus", "mmmu_val", "mathvista_testmini_format", "mathvision_test", "ocrbench", "ai2d"]
@@ -20,12 +33,51 @@ OFFICIAL_TEXT = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 2
                  "max_new_tokens": 32768}
 SYSTEM = "You are a helpful assistant."  # EVAL line 41, given to the target at line 127
 QWEN3_SYSTEM_TURN = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+# Every environment variable the script read before issue #19 (its header and its `${NAME...}` expansions)
+SCRIPT_VARIABLES = {"PROTOCOL", "MODEL_BASE", "CONV_TEMPLATE", "DEVICE", "DTYPE", "BATCH_SIZE", "NUM_PROCESSES",
+                    "LIMIT", "MM_TASKS", "TEXT_TASKS", "REDUX_TASK", "SKIP_MMLU_REDUX", "REDUX_BACKEND", "LLM_ONLY",
+                    "JUDGE_MODEL", "MMVET_JUDGE_MODEL", "PYTHON", "DRY_RUN"}
+
+
+def eval_cli(*argv):
+    """`llava-dpa eval ...` in this process: (exit status, stdout, stderr)."""
+    from llava_dpa.commands import eval as eval_command
+
+    parser = argparse.ArgumentParser(prog="llava-dpa")
+    eval_command.register(parser.add_subparsers(dest="command", required=True))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            args = parser.parse_args([str(a) for a in argv])
+            code = args.func(args)
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def environment(values, cwd=None):
+    """The script's environment variables set as `values` (the others unset), in `cwd`."""
+    saved, here = dict(os.environ), os.getcwd()
+    for name in SCRIPT_VARIABLES | {"MODEL_VERSION"}:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+    if cwd:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def suite(*args, **env):
-    proc = run(["bash", SCRIPT, *args], env={"DRY_RUN": "1", "PYTHON": "py", **env}, check=False)
-    commands = [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
-    return proc, commands
+    """What run_paper_suite.sh with DRY_RUN=1 and PYTHON=py does, through `eval run --from-environment`."""
+    with environment({"DRY_RUN": "1", "PYTHON": "py", **env}):
+        code, stdout, stderr = eval_cli("eval", "run", "--from-environment", *args)
+    commands = [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+    return types.SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr), commands
 
 
 def option(cmd, name):
@@ -114,9 +166,276 @@ def test_default_protocol_is_unchanged_and_bad_values_fail():
     _, cmds = suite("/ck/dpa", "/o")
     assert len(cmds) == 4 and all(gen_kwargs(c) is None and c[0] != "env" for c in cmds)
     assert option(cmds[0], "--output_path") == "/o/lmms_eval" and option(cmds[2], "--model") == "hf"
-    for env in ({"PROTOCOL": "vlmevalkit"}, {"REDUX_BACKEND": "sglang"}):
+    for env in ({"PROTOCOL": "vlmevalkit"}, {"REDUX_BACKEND": "sglang"}, {"NUM_PROCESSES": "0"}):
         proc, cmds = suite("/ck/dpa", "/o", **env)
-        assert proc.returncode == 2 and not cmds and "choose" in proc.stderr
+        assert proc.returncode == 2 and not cmds and ("choose" in proc.stderr or "at least 1" in proc.stderr)
+
+
+# ---- the reference: scripts/eval/run_paper_suite.sh at 97afc97 (before issue #19), run with DRY_RUN=1 and PYTHON=py
+# (REFERENCE; in a temporary folder, 'export_done' with o/text_path/config.json there) and for real with a
+# stub PYTHON that logs its calls (EXECUTED; in a folder with ck/config.json unless NO_CONFIG)
+REFERENCE = {  # case: (arguments, environment, exit status, stdout)
+    'default': (['/ck/dpa', '/o'], {}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official': (['/ck/dpa', '/o'], {'PROTOCOL': 'official'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'official_model_base': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'MODEL_BASE': '/base/qwen3'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,model_base=/base/qwen3,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,model_base=/base/qwen3,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16,model_base=/base/qwen3 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path --model-base /base/qwen3\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_model_base_template': (['/ck/dpa', '/o'], {'MODEL_BASE': '/base/qwen3', 'CONV_TEMPLATE': 'qwen_3'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16,model_base=/base/qwen3,conv_template=qwen_3 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path --model-base /base/qwen3\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'default_llm_only': (['/base/qwen3', '/o'], {'LLM_ONLY': '1', 'MODEL_BASE': ''}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/base/qwen3,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m lm_eval --model hf --model_args pretrained=/base/qwen3,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_llm_only': (['/base/qwen3', '/o'], {'PROTOCOL': 'official', 'LLM_ONLY': '1'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/base/qwen3,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m lm_eval --model hf --model_args pretrained=/base/qwen3,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_skip_redux': (['/ck/dpa', '/o'], {'SKIP_MMLU_REDUX': '1'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_skip_redux': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'SKIP_MMLU_REDUX': '1'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'official_llm_only_skip_redux': (['/base/qwen3', '/o'], {'PROTOCOL': 'official', 'LLM_ONLY': 'yes', 'SKIP_MMLU_REDUX': '1'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/base/qwen3,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_vllm': (['/ck/dpa', '/o'], {'REDUX_BACKEND': 'vllm'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model vllm --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_vllm': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'REDUX_BACKEND': 'vllm'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model vllm --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768,presence_penalty=1.5\n+ py -m llava_dpa.cli report /o\n"),
+    'default_num_processes': (['/ck/dpa', '/o'], {'NUM_PROCESSES': '2'}, 0,
+        "+ py -m accelerate.commands.launch --num_processes 2 -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_num_processes': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'NUM_PROCESSES': '4', 'DEVICE': 'cuda:3'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m accelerate.commands.launch --num_processes 4 -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m accelerate.commands.launch --num_processes 4 -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m accelerate.commands.launch --num_processes 4 -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_limit': (['/ck/dpa', '/o'], {'LIMIT': '5'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples --limit 5\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --limit 5\n+ py -m llava_dpa.cli report /o\n"),
+    'official_limit_settings': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'LIMIT': '0.1', 'DEVICE': 'cuda:1', 'DTYPE': 'float16', 'BATCH_SIZE': '4'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=float16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:1 --batch_size 4 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096 --limit 0.1\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=float16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:1 --batch_size 4 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096 --limit 0.1\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=float16 --tasks openai_math,gpqa_diamond_openai --device cuda:1 --batch_size 4 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768 --limit 0.1\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=float16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:1 --batch_size 4 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768 --limit 0.1\n+ py -m llava_dpa.cli report /o\n"),
+    'official_judges': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'JUDGE_MODEL': 'j1', 'MMVET_JUDGE_MODEL': 'gpt-4-turbo'}, 0,
+        "+ env MODEL_VERSION=j1 py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-turbo py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_judges_ignored': (['/ck/dpa', '/o'], {'JUDGE_MODEL': 'j1', 'MMVET_JUDGE_MODEL': 'j2'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_no_mmvet': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'MM_TASKS': 'mmstar,ai2d'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'official_only_mmvet': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'MM_TASKS': 'mmvet'}, 0,
+        "+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_task_lists': (['/ck/dpa', '/o'], {'MM_TASKS': 'ai2d,mmvet', 'TEXT_TASKS': 'openai_math', 'REDUX_TASK': 'mmlu_redux'}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks ai2d,mmvet,openai_math --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'official_task_lists': (['/ck/dpa', '/o'], {'PROTOCOL': 'official', 'MM_TASKS': 'mmvet,ai2d', 'TEXT_TASKS': 'gpqa_diamond_openai', 'REDUX_TASK': 'mmlu_redux'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks ai2d --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report /o\n"),
+    'default_output_folder': (['/ck/dpa/'], {}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa/,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path eval_results/dpa/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa/ eval_results/dpa/text_path\n+ py -m lm_eval --model hf --model_args pretrained=eval_results/dpa/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path eval_results/dpa/lm_eval --log_samples\n+ py -m llava_dpa.cli report eval_results/dpa\n"),
+    'official_quoting': (["/my ckpts/dpa's", '/o ut'], {'PROTOCOL': 'official', 'MODEL_BASE': '/base models/qwen3'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/my ckpts/dpa'\\''s,dtype=bfloat16,model_base=/base models/qwen3,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path '/o ut/lmms_eval/multimodal' --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/my ckpts/dpa'\\''s,dtype=bfloat16,model_base=/base models/qwen3,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path '/o ut/lmms_eval/mmvet' --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args 'pretrained=/my ckpts/dpa'\\''s,dtype=bfloat16,model_base=/base models/qwen3' --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path '/o ut/lmms_eval/text' --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m llava_dpa.cli export-llm '/my ckpts/dpa'\\''s' '/o ut/text_path' --model-base '/base models/qwen3'\n+ py -m lm_eval --model hf --model_args 'pretrained=/o ut/text_path,dtype=bfloat16,enable_thinking=False' --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path '/o ut/lm_eval' --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report '/o ut'\n"),
+    'empty_values_are_defaults': (['/ck/dpa', '/o'], {'PROTOCOL': '', 'REDUX_BACKEND': '', 'JUDGE_MODEL': '', 'DEVICE': '', 'NUM_PROCESSES': '', 'SKIP_MMLU_REDUX': '', 'LLM_ONLY': '', 'LIMIT': ''}, 0,
+        "+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ py -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ py -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ py -m llava_dpa.cli report /o\n"),
+    'python_default': (['/ck/dpa', '/o'], {'PYTHON': ''}, 0,
+        "+ python -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ python -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ python -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ python -m llava_dpa.cli report /o\n"),
+    'python_path': (['/ck/dpa', '/o'], {'PYTHON': '/opt/env/bin/python3'}, 0,
+        "+ /opt/env/bin/python3 -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path /o/lmms_eval --log_samples\n+ /opt/env/bin/python3 -m llava_dpa.cli export-llm /ck/dpa /o/text_path\n+ /opt/env/bin/python3 -m lm_eval --model hf --model_args pretrained=/o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path /o/lm_eval --log_samples\n+ /opt/env/bin/python3 -m llava_dpa.cli report /o\n"),
+    'bad_protocol': (['/ck/dpa', '/o'], {'PROTOCOL': 'vlmevalkit'}, 2,
+        ""),
+    'bad_backend': (['/ck/dpa', '/o'], {'REDUX_BACKEND': 'sglang'}, 2,
+        ""),
+    'export_done': (['/ck/dpa', 'o'], {'PROTOCOL': 'official'}, 0,
+        "+ env MODEL_VERSION=gpt-4o py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path o/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview py -m lmms_eval --model llava_dpa --model_args 'pretrained=/ck/dpa,dtype=bfloat16,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path o/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ py -m lmms_eval --model llava_dpa --model_args pretrained=/ck/dpa,dtype=bfloat16 --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path o/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ py -m lm_eval --model hf --model_args pretrained=o/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path o/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ py -m llava_dpa.cli report o\n"),
+}
+EXECUTED = {  # case: (environment, exit status, stdout, the stub's calls: MODEL_VERSION and its arguments)
+    'execute_official': ({'PROTOCOL': 'official', 'MODEL_BASE': '/base'}, 0,
+        "+ env MODEL_VERSION=gpt-4o STUB -m lmms_eval --model llava_dpa --model_args 'pretrained=ck,dtype=bfloat16,model_base=/base,system_prompt=You are a helpful assistant.' --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path out/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ env MODEL_VERSION=gpt-4-1106-preview STUB -m lmms_eval --model llava_dpa --model_args 'pretrained=ck,dtype=bfloat16,model_base=/base,system_prompt=You are a helpful assistant.' --tasks mmvet --device cuda:0 --batch_size 1 --output_path out/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\n+ STUB -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16,model_base=/base --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\n+ STUB -m llava_dpa.cli export-llm ck out/text_path --model-base /base\n+ STUB -m lm_eval --model hf --model_args pretrained=out/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path out/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\n+ STUB -m llava_dpa.cli report out\n",
+        "MODEL_VERSION=gpt-4o -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16,model_base=/base,system_prompt=You are a helpful assistant. --tasks mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d --device cuda:0 --batch_size 1 --output_path out/lmms_eval/multimodal --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\nMODEL_VERSION=gpt-4-1106-preview -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16,model_base=/base,system_prompt=You are a helpful assistant. --tasks mmvet --device cuda:0 --batch_size 1 --output_path out/lmms_eval/mmvet --log_samples --gen_kwargs do_sample=True,temperature=0.01,top_p=0.9,top_k=0,max_new_tokens=4096\nMODEL_VERSION= -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16,model_base=/base --tasks openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval/text --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,presence_penalty=1.5,max_new_tokens=32768\nMODEL_VERSION= -c import lm_eval\nMODEL_VERSION= -m llava_dpa.cli export-llm ck out/text_path --model-base /base\nMODEL_VERSION= -m lm_eval --model hf --model_args pretrained=out/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path out/lm_eval --log_samples --gen_kwargs do_sample=True,temperature=0.7,top_p=0.8,top_k=20,max_gen_toks=32768\nMODEL_VERSION= -m llava_dpa.cli report out\n"),
+    'execute_default_failure': ({'STUB_FAIL': 'lm_eval --model'}, 7,
+        "+ STUB -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\n+ STUB -m llava_dpa.cli export-llm ck out/text_path\n+ STUB -m lm_eval --model hf --model_args pretrained=out/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path out/lm_eval --log_samples\n",
+        "MODEL_VERSION= -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\nMODEL_VERSION= -c import lm_eval\nMODEL_VERSION= -m llava_dpa.cli export-llm ck out/text_path\nMODEL_VERSION= -m lm_eval --model hf --model_args pretrained=out/text_path,dtype=bfloat16,enable_thinking=False --tasks mmlu_redux_generative --apply_chat_template --device cuda:0 --batch_size 1 --output_path out/lm_eval --log_samples\n"),
+    'execute_no_lm_eval': ({'STUB_FAIL': 'import lm_eval'}, 3,
+        "+ STUB -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\n",
+        "MODEL_VERSION= -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\nMODEL_VERSION= -c import lm_eval\n"),
+    'execute_no_checkpoint': ({'NO_CONFIG': '1'}, 2,
+        "",
+        ""),
+}
+
+
+# ---- byte-identical to the script before issue #19 -----------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(set(REFERENCE) - {"export_done"}))
+def test_eval_run_dry_run_gives_the_scripts_commands(case):
+    """`eval run --from-environment` under each captured environment prints exactly what the script printed."""
+    args, env, code, stdout = REFERENCE[case]
+    proc, _ = suite(*args, **env)
+    assert (proc.returncode, proc.stdout) == (code, stdout), proc.stderr
+    if code:
+        assert "choose" in proc.stderr
+
+
+def test_an_exported_text_path_is_not_exported_again(tmp_path):
+    args, env, code, stdout = REFERENCE["export_done"]
+    (tmp_path / "o/text_path").mkdir(parents=True)
+    (tmp_path / "o/text_path/config.json").write_text("{}")
+    with environment({"DRY_RUN": "1", "PYTHON": "py", **env}, cwd=tmp_path):
+        got = eval_cli("eval", "run", "--from-environment", *args)
+    assert got[:2] == (code, stdout) and "already there, skipped" in got[2]
+
+
+@pytest.mark.parametrize("case, flags", [
+    ("official", ["--protocol", "official"]),
+    ("official_vllm", ["--protocol", "official", "--redux-backend", "vllm"]),
+    ("default_llm_only", ["--llm-only"]),
+    ("official_llm_only_skip_redux", ["--protocol", "official", "--llm-only", "--skip-mmlu-redux"]),
+    ("default_num_processes", ["--num-processes", "2"]),
+    ("official_limit_settings", ["--protocol", "official", "--limit", "0.1", "--device", "cuda:1", "--dtype",
+                                 "float16", "--batch-size", "4"]),
+    ("default_limit", ["--limit", "5"]),
+    ("official_judges", ["--protocol", "official", "--judge-model", "j1", "--mmvet-judge-model", "gpt-4-turbo"]),
+    ("official_task_lists", ["--protocol", "official", "--mm-tasks", "mmvet,ai2d", "--text-tasks",
+                             "gpqa_diamond_openai", "--redux-task", "mmlu_redux"]),
+    ("official_quoting", ["--protocol", "official", "--model-base", "/base models/qwen3"]),
+    ("default_model_base_template", ["--model-base", "/base/qwen3", "--conv-template", "qwen_3"]),
+])
+def test_eval_run_flags_give_the_scripts_commands(case, flags):
+    """The typed flags, without the environment, give the same commands as the script's variables did."""
+    args, _, code, stdout = REFERENCE[case]
+    with environment({}):
+        assert eval_cli("eval", "run", *args, "--python", "py", "--dry-run", *flags)[:2] == (code, stdout)
+
+
+def test_flags_given_win_over_the_environment():
+    with environment({"PROTOCOL": "official", "REDUX_BACKEND": "vllm", "PYTHON": "py"}):
+        code, stdout, _ = eval_cli("eval", "run", "--from-environment", "/ck/dpa", "/o", "--protocol", "default",
+                                   "--dry-run")
+    assert (code, stdout) == (0, REFERENCE["default_vllm"][3])
+
+
+def test_the_environment_is_data():
+    """Every variable the script read is a row of ENVIRONMENT, every row a flag of `eval run`, every option one
+    variable."""
+    from llava_dpa.recipes.evaluation import ENVIRONMENT, EvalOptions, environment_arguments
+
+    assert {var.name for var in ENVIRONMENT} == SCRIPT_VARIABLES
+    flags = {var.flag for var in ENVIRONMENT}
+    assert {"--" + f.name.replace("_", "-") for f in fields(EvalOptions)} | {"--protocol", "--dry-run"} == flags
+    code, stdout, _ = eval_cli("eval", "run", "--help")
+    assert code == 0 and all(var.flag in stdout and var.name in stdout for var in ENVIRONMENT)
+    # empty values are unset; a switch is on for any other value (as `[ -n "$VAR" ]`)
+    assert environment_arguments({"LLM_ONLY": "0", "SKIP_MMLU_REDUX": "", "LIMIT": "3", "MODEL_BASE": ""}) == [
+        "--limit", "3", "--llm-only"]
+
+
+@pytest.mark.parametrize("case", ["default", "official_model_base", "bad_protocol"])
+def test_the_script_launches_eval_run(case):
+    """The script itself (bash, then llava-dpa in the interpreter PYTHON names or python3) prints the same."""
+    args, env, code, stdout = REFERENCE[case]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # python3: this interpreter
+    proc = run(["bash", SCRIPT, *args], env={"DRY_RUN": "1", "PYTHON": "py", "PATH": path, **env}, check=False)
+    assert (proc.returncode, proc.stdout) == (code, stdout), proc.stderr
+    if code:
+        assert "protocol 'vlmevalkit': choose default or official" in proc.stderr
+
+
+def test_the_scripts_usage_is_unchanged():
+    for args in ([], ["/ck/dpa", "/o", "x"]):
+        proc = run(["bash", SCRIPT, *args], env={"DRY_RUN": "1"}, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"usage: {SCRIPT} <checkpoint> [output folder]\n")
+
+
+# ---- running, through the executor ------------------------------------------------------------------------
+STUB = '#!/bin/bash\necho "MODEL_VERSION=${MODEL_VERSION:-} $*" >> "$STUB_LOG"\n' \
+       'if [ -n "${STUB_FAIL:-}" ] && [[ "$*" == *"$STUB_FAIL"* ]]; then exit 7; fi\n'
+PROBE = "MODEL_VERSION= -c import lm_eval\n"
+
+
+@pytest.mark.parametrize("case", list(EXECUTED))
+def test_eval_run_executes_what_the_script_executed(case, tmp_path):
+    """For real, each step its own process (the default executor), with a stub interpreter that logs its calls:
+    the same lines printed, the same processes in the same order with the same judge in their environment, the
+    same exit status. One change: lm-evaluation-harness is checked before the first step, not after lmms-eval."""
+    env, code, stdout, calls = EXECUTED[case]
+    stub = tmp_path / "stub"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    (tmp_path / "ck").mkdir()
+    if not env.get("NO_CONFIG"):
+        (tmp_path / "ck/config.json").write_text("{}")
+    script_env = {k: v for k, v in env.items() if k in SCRIPT_VARIABLES}
+    stub_env = {k: v for k, v in env.items() if k.startswith("STUB_")}
+    with environment({"PYTHON": str(stub), "STUB_LOG": str(tmp_path / "log"), **script_env, **stub_env}, cwd=tmp_path):
+        got_code, got_stdout, stderr = eval_cli("eval", "run", "--from-environment", "ck", "out")
+    log = (tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""
+    assert got_code == code, stderr
+    if case == "execute_no_lm_eval":  # the change: refused before any step runs, with the script's message
+        assert (got_stdout, log) == ("", PROBE) and "pip install 'lm-eval>=0.4.8'" in stderr
+    elif case == "execute_no_checkpoint":
+        assert (got_stdout, log) == (stdout, calls) and "ck: no config.json; pass a checkpoint folder" in stderr
+    else:
+        assert got_stdout.replace(str(stub), "STUB") == stdout
+        assert log == PROBE + calls.replace(PROBE, "")
+
+
+def test_run_takes_the_executor_as_an_argument(tmp_path):
+    from llava_dpa.recipes.evaluation import CommandFailed, EvalOptions, render, run as run_protocol
+
+    (tmp_path / "config.json").write_text("{}")
+    options = EvalOptions(python="py", skip_mmlu_redux=True)
+    seen = []
+    ran = run_protocol("official", str(tmp_path), "/o", options, execute=seen.append, stdout=io.StringIO())
+    assert seen == [step.command for step in render("official", str(tmp_path), "/o", options)] == [s.command for s in ran]
+    assert [c[c.index("--output_path") + 1] if "--output_path" in c else c[-2:] for c in seen] == [
+        "/o/lmms_eval/multimodal", "/o/lmms_eval/mmvet", "/o/lmms_eval/text", ("report", "/o")]
+
+    def fail(command):
+        raise CommandFailed(list(command), 5)
+
+    with pytest.raises(CommandFailed):
+        run_protocol("default", str(tmp_path), "/o", options, execute=fail, stdout=io.StringIO())
+
+
+# ---- eval list / show ---------------------------------------------------------------------------------------
+def test_eval_list_lists_the_protocols():
+    code, stdout, _ = eval_cli("eval", "list")
+    assert code == 0
+    names = [line.split()[0] for line in stdout.splitlines()[1:]]
+    assert names == ["default", "official"]
+    assert "the release" in stdout.splitlines()[2]
+
+
+@pytest.mark.parametrize("name", ["default", "official"])
+def test_eval_show_prints_each_setting_with_its_source(name):
+    """Every field of every family (read from the dataclasses here, not from the command's table) is a line
+    of `eval show` with its value and its source; then the commands, which are `eval run`'s."""
+    from llava_dpa.recipes import evaluation
+
+    protocol = evaluation.get(name)
+    code, stdout, _ = eval_cli("eval", "show", name)
+    assert code == 0
+    lines = stdout.splitlines()
+    n = 0
+    for part in ("suite", "multimodal", "text", "mmlu_redux", "judges"):
+        family = getattr(protocol, part)
+        for f in fields(family):
+            value = getattr(family, f.name)
+            shown = ",".join(value) if isinstance(value, tuple) else repr(value)
+            source = f.metadata["source"]
+            assert source, f"{part}.{f.name} has no source"
+            assert any(l.split()[:2] == [f"{part}.{f.name}", shown.split()[0]] and l.endswith(source) and shown in l
+                       for l in lines), f"{part}.{f.name}"
+            n += 1
+    assert n == 3 + 7 + 7 + 8 + 3  # the suite's tasks, two lmms-eval families, MMLU-Redux, the judges
+    # the commands shown are those `eval run` runs
+    with environment({}):
+        _, run_stdout, _ = eval_cli("eval", "run", "CHECKPOINT", "OUT", "--protocol", name, "--dry-run")
+    shown = lines[next(i for i, l in enumerate(lines) if l.startswith("commands")) + 1:]
+    assert [l[2:] for l in run_stdout.splitlines()] == [l[2:] for l in shown if not l.startswith("  #")]
+
+
+def test_eval_show_cites_the_release():
+    """The official values with the release's line each comes from (docs/evaluation_and_analysis.md's table)."""
+    _, stdout, _ = eval_cli("eval", "show", "official")
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.startswith("  ") and "." in line.split()[0]}
+    assert "0.01" in rows["multimodal.temperature"] and "EVAL line 34" in rows["multimodal.temperature"]
+    assert "4096" in rows["multimodal.max_new_tokens"] and "EVAL line 152" in rows["multimodal.max_new_tokens"]
+    assert f"'{SYSTEM}'" in rows["multimodal.system_prompt"] and "EVAL line 41" in rows["multimodal.system_prompt"]
+    assert "1.5" in rows["text.presence_penalty"] and "lines 13-18" in rows["text.presence_penalty"]
+    assert "32768" in rows["mmlu_redux.max_gen_toks"] and "line 11" in rows["mmlu_redux.max_gen_toks"]
+    assert "'gpt-4-1106-preview'" in rows["judges.mmvet_judge"] and "judge_util.py line 15" in rows["judges.mmvet_judge"]
+    code, stdout, _ = eval_cli("eval", "show", "official", "--json")
+
+
+    payload = json.loads(stdout)
+    assert {s["setting"]: s["value"] for s in payload["settings"]}["text.top_k"] == 20
+    assert payload["commands"][0][:2] == ["env", "MODEL_VERSION=gpt-4o"]
 
 
 # ---- the settings inside the model ----------------------------------------------------------------------
