@@ -1,5 +1,6 @@
 """The lmms-eval model `llava_dpa`, the local-task builder, the text-path export and run_paper_suite.sh."""
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -286,7 +287,8 @@ def test_export_llm_text_path_equals_the_vlm_on_text(dpa_stage2, tmp_path):
 
 
 def test_paper_suite_commands():
-    env = {"DRY_RUN": "1", "PYTHON": "py"}
+    # the script runs `llava-dpa eval run` with PYTHON if that names an interpreter, else with python3: this one
+    env = {"DRY_RUN": "1", "PYTHON": "py", "PATH": f"{os.path.dirname(PY)}{os.pathsep}{os.environ['PATH']}"}
     full = run(["bash", str(REPO / "scripts/eval/run_paper_suite.sh"), "/ck/dpa", "/o"], env=env).stdout.splitlines()
     tasks = full[0].split("--tasks ")[1].split()[0].split(",")
     assert tasks == ["mmvet", "mmstar", "seedbench_2_plus", "mmmu_val", "mathvista_testmini_format",
