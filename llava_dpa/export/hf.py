@@ -139,7 +139,6 @@ def vit_spec(tower) -> tuple[dict, dict]:
                  "temporal_patch_size": tower.vision_tower.config.temporal_patch_size, "min_pixels": p.min_pixels,
                  "max_pixels": p.max_pixels, "image_mean": p.image_mean, "image_std": p.image_std}
         return spec, image
-    processor = tower.image_processor
     recorded = {k: v for k, v in tower.processor_dict.items() if k != "image_processor_type"}
     if kind == "qwen2_5_vl":
         side = int(recorded["tile_size"])
@@ -153,7 +152,9 @@ def vit_spec(tower) -> tuple[dict, dict]:
     else:
         kwargs = recorded
     tokens = tower.num_patches + (1 if kind == "clip" and tower.select_feature == "cls_patch" else 0)
-    image = {"mode": "tiles", "processor_class": type(processor).__name__, "processor": kwargs,
+    # the class the tower constructs (towers/*.py), by its name on both lines (5.x's instance is `...Pil`)
+    processor_class = "CLIPImageProcessor" if kind in ("clip", "qwen2_5_vl") else "SiglipImageProcessor"
+    image = {"mode": "tiles", "processor_class": processor_class, "processor": kwargs,
              "tokens_per_image": tokens}
     return spec, image
 
