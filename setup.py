@@ -18,11 +18,11 @@ TRANSFORMERS = "transformers>=4.57.6,<5.25," + ",".join(f"!=5.{minor}.*" for min
 
 class BuildPyWithPatches(build_py):
     """patches/ stays at the top of the repository (the requested layout); a built wheel carries a copy in
-    llava_dpa/llava_integration/patches, where an installed `llava-dpa patch-llava` finds it."""
+    llava_dpa/patches, where an installed `llava-dpa patch-llava` finds it."""
 
     def run(self):
         super().run()
-        target = Path(self.build_lib) / "llava_dpa" / "llava_integration" / "patches"
+        target = Path(self.build_lib) / "llava_dpa" / "patches"
         target.mkdir(parents=True, exist_ok=True)
         for patch in sorted((HERE / "patches").glob("*.patch")):
             self.copy_file(str(patch), str(target / patch.name))
@@ -65,7 +65,7 @@ setup(
         # that runs LLaVA's tuple chatbot (6.x takes messages only); playwright drives the web UI test's system
         # chromium (no browser is downloaded)
         "serve": ["gradio==5.50.0", "fastapi>=0.115.2,<1", "uvicorn>=0.30", "playwright>=1.45"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "bitsandbytes>=0.45", "deepspeed>=0.15",
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "import-linter>=2.1", "bitsandbytes>=0.45", "deepspeed>=0.15",
                 "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["llava-dpa=llava_dpa.cli:main"],

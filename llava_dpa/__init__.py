@@ -6,7 +6,7 @@ or serve with llava 1.2.2's broken behaviour on current transformers.
 """
 __version__ = "0.1.0"
 
-from llava_dpa.llava_integration.patching import require_patched_llava as _require_patched_llava
+from llava_dpa.patching import require_patched_llava as _require_patched_llava
 
 if _require_patched_llava():
     # llava first: its package __init__ reads llava.model's names, which resolve lazily to

@@ -22,6 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava_dpa.recipes.paper import get
+from llava_dpa.recipes.render import stage_command, tower_path
+from llava_dpa.zoo import build_zoo
+from llava_dpa.zoo.recipes import tiny_flags, tiny_settings
+
 PY = sys.executable
 QUESTIONS = ["What color is the shape?", "What shape is it?"]
 # What the demo changes in the tiny recipes so each model learns the synthetic questions in a few minutes.
@@ -63,9 +68,6 @@ def final_loss(output: Path) -> float:
 
 
 def train_stage(run: DemoRun, stage: int, settings) -> Path:
-    from llava_dpa.recipes.render import stage_command
-    from llava_dpa.zoo.recipes import tiny_flags
-
     extra = tiny_flags(stage) + DEMO_FLAGS[stage] + (run.stage2_extra if stage == 2 else [])
     command = stage_command(run.entry, stage, settings, extra)
     print(f"  stage {stage} ({run.entry}): python -m llava.train.train_mem ... (log: {command.output}.log)")
@@ -110,11 +112,6 @@ def main(argv=None) -> int:
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    import llava_dpa  # noqa: F401  (fails early, with instructions, if llava is not patched)
-    from llava_dpa.recipes.render import tower_path
-    from llava_dpa.recipes.paper import get
-    from llava_dpa.zoo import build_zoo
-    from llava_dpa.zoo.recipes import tiny_settings
 
     print(f"[1/3] building the tiny offline zoo in {out / 'zoo'}")
     zoo = build_zoo(out / "zoo")

@@ -16,8 +16,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
+from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.language_models import target_class_for
 from llava_dpa.towers.weights import checkpoint_keys
 
@@ -51,26 +52,6 @@ def _read_non_lora(model_path: str) -> dict:
     # A module that also has LoRA (e.g. the perceiver's layers under --lora_parts) keeps its own weight under
     # PEFT's `base_layer`; the unwrapped model names it without. The adapter is merged on top afterwards.
     return {k.replace(".base_layer.", "."): v for k, v in state.items()}
-
-
-def load_tokenizer(folder, **kwargs):
-    """AutoTokenizer, reading a tokenizer that the other transformers line saved. transformers 5 writes a
-    generic fast tokenizer as `tokenizer_class: TokenizersBackend` and its added special tokens as a list
-    named `extra_special_tokens`; 4.57 has no such class and calls that list `additional_special_tokens`.
-    Under 4.x both are translated; the tokenizer.json itself is the same on both lines."""
-    import transformers
-
-    config_path = Path(folder) / "tokenizer_config.json"
-    if transformers.__version__.startswith("4.") and config_path.is_file():
-        config = json.loads(config_path.read_text())
-        if isinstance(config.get("extra_special_tokens"), list):
-            kwargs.setdefault("additional_special_tokens", config["extra_special_tokens"])
-            kwargs["extra_special_tokens"] = {}
-        if config.get("tokenizer_class") == "TokenizersBackend":
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
-    return AutoTokenizer.from_pretrained(folder, **kwargs)
 
 
 def _tokenizer(model_path: str, model_base: str | None):

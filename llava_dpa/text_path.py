@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.loading import load_pretrained_model
+
 MULTIMODAL_PREFIXES = ("model.mm_projector.", "model.vision_tower.", "model.image_newline")
 
 
@@ -49,7 +51,6 @@ def export_language_model(checkpoint: str, output: str, model_base: str | None =
     """Write the target LLM of a checkpoint (full, LoRA or QLoRA: merged) as a plain HF model folder."""
     from transformers import AutoModelForCausalLM
 
-    from llava_dpa.loading import load_pretrained_model
 
     tokenizer, model, _, _ = load_pretrained_model(checkpoint, model_base, None, device="cpu")
     if not hasattr(model, "get_vision_tower"):
@@ -74,12 +75,3 @@ def export_language_model(checkpoint: str, output: str, model_base: str | None =
         out.rmdir()
     tmp.rename(out)
     return out
-
-
-def register(sub) -> None:
-    p = sub.add_parser("export-llm", help="write a checkpoint's target LLM as a plain language model "
-                                          "(for text-only harnesses such as lm-evaluation-harness)")
-    p.add_argument("checkpoint")
-    p.add_argument("output")
-    p.add_argument("--model-base", default=None, help="the base LLM, for LoRA or projector-only checkpoints")
-    p.set_defaults(func=lambda a: print(export_language_model(a.checkpoint, a.output, a.model_base)))

@@ -345,7 +345,7 @@ def tower_folder_weights(path, select_layer=-2):
     from safetensors.torch import load_file
 
     from llava_dpa.towers import weights as W
-    from llava_dpa.towers.registry import build_vision_tower
+    from llava_dpa.llava_integration.tower_registry import build_vision_tower
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(path), mm_vision_select_layer=select_layer),
                                delay_load=True)

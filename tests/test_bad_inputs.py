@@ -10,7 +10,7 @@ import llava_dpa  # noqa: F401
 from conftest import train_cmd
 from llava import conversation as conversation_lib
 from llava_dpa.data.dataset import DataSpec, LazySupervisedDataset, SampleError
-from llava_dpa.towers.registry import build_vision_tower
+from llava_dpa.llava_integration.tower_registry import build_vision_tower
 from llava_dpa.training.train import train
 
 GOOD = {"id": "good", "image": "img_000.png", "conversations": [

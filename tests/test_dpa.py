@@ -12,7 +12,7 @@ from conftest import TINY_PINPOINTS, tower_outputs_for_questions, train_cmd
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
 from llava_dpa.perceiver.tower import PerceiverError, PerceiverTower
-from llava_dpa.towers.registry import build_vision_tower
+from llava_dpa.llava_integration.tower_registry import build_vision_tower
 from llava_dpa.training.train import train
 from test_entry_points import chat
 from test_packing import assert_packed_equals_padded

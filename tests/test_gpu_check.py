@@ -167,8 +167,8 @@ def test_bench_times_decode_as_the_cached_steps_alone(tmp_path):
     `generate` decodes."""
     import torch
 
-    from llava_dpa.analysis.bench import Pipeline, measure
-    from llava_dpa.analysis.bench_models import build_pair
+    from llava_dpa.benchmarks.throughput import Pipeline, measure
+    from llava_dpa.benchmarks.models import build_pair
 
     pair = build_pair("qwen3-4b", 0.02, tmp_path, image_size=56)
     pipe = Pipeline("DPA", pair["DPA"], "cpu", torch.float32, 8, image_side=56)

@@ -94,7 +94,7 @@ def test_target_ids_are_what_this_project_builds():
     from llava.conversation import conv_templates
 
     from llava_dpa.data.preprocess import preprocess
-    from llava_dpa.loading import load_tokenizer
+    from llava_dpa.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(FIXTURE / "tokenizer")
     for sample in json.loads((FIXTURE / "inputs.json").read_text())["samples"]:

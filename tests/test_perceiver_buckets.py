@@ -68,7 +68,7 @@ def test_qwen_vl_perceiver_buckets_whole_images_of_different_sizes(zoo):
 
 def test_instruction_contexts_of_different_lengths_run_in_buckets(zoo, perceiver):
     from llava_dpa.perceiver.buckets import SLACK
-    from llava_dpa.towers.registry import build_vision_tower
+    from llava_dpa.llava_integration.tower_registry import build_vision_tower
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(perceiver), mm_vision_select_layer=-1,
                                                perceiver_instruction_context=True))

@@ -18,8 +18,8 @@ def images(*sizes):
 
 
 def tower_for(name, zoo, **args):
-    from llava_dpa.loading import load_tokenizer
-    from llava_dpa.towers.registry import build_vision_tower
+    from llava_dpa.data.tokenization import load_tokenizer
+    from llava_dpa.llava_integration.tower_registry import build_vision_tower
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=name, mm_vision_select_layer=-1, **args))
     if tower.is_perceiver:
@@ -129,7 +129,7 @@ def test_stock_qwen3_vl_features_equal_its_own_model(zoo):
 @pytest.mark.fast
 def test_selection_and_bad_input(zoo, tmp_path):
     from llava_dpa.perceiver.qwen_vl import QwenVLPerceiverError
-    from llava_dpa.towers.registry import tower_class_for
+    from llava_dpa.llava_integration.tower_registry import tower_class_for
     from llava_dpa.data.native_resolution import NativeResolutionError, NativeResolutionProcessor
 
     assert tower_class_for(zoo["qwen2_5_vl"]).__name__ == "Qwen2_5_VLTower"        # bare: the baseline's ViT
@@ -138,7 +138,7 @@ def test_selection_and_bad_input(zoo, tmp_path):
     with pytest.raises(NativeResolutionError, match="--max_pixels 100 is below the ViT's minimum"):
         NativeResolutionProcessor(14, 2, None, 100)
     tower = tower_for("dpa:" + zoo["native_perceiver"], zoo)
-    from llava_dpa.loading import load_tokenizer
+    from llava_dpa.data.tokenization import load_tokenizer
     with pytest.raises(QwenVLPerceiverError, match=r"lacks the vision tokens \['<\|vision_start\|>'"):
         tower.check_delimiters(load_tokenizer(zoo["qwen3_lm"]), zoo["qwen3_lm"])
     # a prompt that spells the image slots out (the release's data format) instead of <image>
@@ -192,7 +192,7 @@ def test_official_projectors(zoo):
 def test_make_perceiver_native_rebuilds_the_merger_at_the_lm_width(zoo, tmp_path):
     from safetensors.torch import load_file
 
-    from llava_dpa.perceiver.compose import make_qwen_vl_perceiver
+    from llava_dpa.convert.perceiver import make_qwen_vl_perceiver
     from llava_dpa.zoo.models import tiny_qwen2_5_vl_vision
 
     for width, pretrained in ((64, True), (32, False)):  # the LM is 64 wide

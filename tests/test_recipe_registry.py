@@ -143,7 +143,7 @@ def test_the_recipes_say_what_the_paper_and_the_official_scripts_say():
 
 
 def test_every_rendered_command_parses_as_llava_arguments():
-    from llava_dpa.recipes.commands import resolved_arguments
+    from llava_dpa.commands.recipe import resolved_arguments
 
     for name, cmd in own_trainings():
         resolved = resolved_arguments(cmd.argv)

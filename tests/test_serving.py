@@ -37,7 +37,7 @@ def tiles_copy(checkpoint: Path, out: Path) -> Path:
     """The baseline as LLaVA-NeXT serves it: anyres tiles (the same weights; config says anyres)."""
     from conftest import TINY_PINPOINTS
 
-    from llava_dpa.training.run_config import parse_pinpoints
+    from llava_dpa.data.anyres import parse_pinpoints
 
     out.mkdir(parents=True)
     for f in checkpoint.iterdir():
@@ -354,7 +354,7 @@ def test_the_towers_memo_under_concurrent_requests(perceiver):
     features, the memo within its size."""
     from types import SimpleNamespace
 
-    from llava_dpa.towers.registry import build_vision_tower
+    from llava_dpa.llava_integration.tower_registry import build_vision_tower
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(perceiver), mm_vision_select_layer=-1))
     tower.eval()  # inference: the memo is used

@@ -9,7 +9,7 @@ from PIL import Image
 import llava_dpa  # noqa: F401
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
-from llava_dpa.towers.registry import UnknownVisionTowerError, build_vision_tower
+from llava_dpa.llava_integration.tower_registry import UnknownVisionTowerError, build_vision_tower
 from llava_dpa.towers.siglip import SigLIPTower
 from llava_dpa.towers.siglip2 import SigLIP2Tower
 

@@ -14,7 +14,7 @@ def test_the_wheel_installs_patches_llava_trains_and_chats_outside_the_repositor
     wheel = next((tmp_path / "dist").glob("llava_dpa-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     patches = sorted(p.name for p in (REPO / "patches").glob("*.patch"))
-    assert sorted(n.split("/")[-1] for n in names if n.startswith("llava_dpa/llava_integration/patches/")) == patches
+    assert sorted(n.split("/")[-1] for n in names if n.startswith("llava_dpa/patches/")) == patches
     assert "llava_dpa/recipes/deepspeed/zero3.json" in names
 
     venv = tmp_path / "venv"

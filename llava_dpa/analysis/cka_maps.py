@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llava_dpa.analysis.probes import TokenSample, layer_states
+from llava_dpa.analysis.frechet import layer_fd
+from llava_dpa.analysis.probes import TokenSample, layer_states, probes_from_args, views_from_args
 from llava_dpa.analysis.similarity import layer_similarity
 
 MODALITIES = ("visual", "text")
@@ -43,8 +44,6 @@ def _cosine(states: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _frechet(states: list[torch.Tensor]) -> torch.Tensor:
-    from llava_dpa.analysis.frechet import layer_fd
-
     n = len(states)
     out = torch.zeros(n, n, dtype=torch.float64)
     for i in range(n):
@@ -73,7 +72,7 @@ def similarity_maps(tokens: dict[str, torch.Tensor], metric: str = "cka", debias
 
 def plot_grid(results: list[tuple[str, dict]], path: str) -> None:
     """One row per checkpoint, one column per modality."""
-    from llava_dpa.analysis.plots import pyplot, save
+    from llava_dpa.analysis.plots import pyplot, save  # lazy: matplotlib, an optional dependency (the eval extra)
 
     plt = pyplot()
     rows = len(results)
@@ -95,8 +94,6 @@ def plot_grid(results: list[tuple[str, dict]], path: str) -> None:
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import probes_from_args, views_from_args
-
     probes = probes_from_args(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

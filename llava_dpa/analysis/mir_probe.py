@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from llava_dpa.analysis.frechet import RunningMoments, frechet_distance
-from llava_dpa.analysis.probes import TokenSample, layer_states
+from llava_dpa.analysis.probes import TokenSample, layer_states, probes_from_args, views_from_args
 
 MODALITIES = ("visual", "text")
 
@@ -94,7 +94,7 @@ def write_csv(results: list[dict], path: str) -> None:
 
 def plot_curves(results: list[dict], path: str, title: str = "Modality gap per layer") -> None:
     """Figure 5 style: FD_k against the relative layer depth, one curve per checkpoint (depths differ)."""
-    from llava_dpa.analysis.plots import pyplot, save
+    from llava_dpa.analysis.plots import pyplot, save  # lazy: matplotlib, an optional dependency (the eval extra)
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -111,8 +111,6 @@ def plot_curves(results: list[dict], path: str, title: str = "Modality gap per l
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.probes import probes_from_args, views_from_args
-
     probes = probes_from_args(args)
     results = [mir_per_layer(view, probes, args.median_sample, args.seed) for view in views_from_args(args)]
     out = Path(args.output)

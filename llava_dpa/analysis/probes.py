@@ -18,6 +18,11 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.data.tokenization import IGNORE_INDEX
+from llava_dpa.llava_integration.inference import to_model
+from llava_dpa.loading import load_pretrained_model
+from llava_dpa.templates import resolve_conv_mode
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -85,8 +90,6 @@ def open_view(checkpoint: str, component: str = "target", model_base: str | None
     measured in its own text space (its tokenizer and template)."""
     from llava.conversation import conv_templates
 
-    from llava_dpa.loading import load_pretrained_model
-    from llava_dpa.templates import resolve_conv_mode
 
     tokenizer, model, processor, _ = load_pretrained_model(checkpoint, model_base, None, device=device)
     if processor is None:
@@ -122,8 +125,6 @@ def layer_states(view: LanguageModelView, probe: Probe):
     from llava.mm_utils import process_images, tokenizer_image_token
     from PIL import Image
 
-    from llava_dpa.data.tokenization import IGNORE_INDEX
-    from llava_dpa.llava_integration.inference import to_model
 
     if view.kind == "qwen_vl":
         return qwen_vl_layer_states(view, probe)

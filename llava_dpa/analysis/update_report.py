@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from llava_dpa.analysis.weight_updates import DEFAULT_EPSILON, DEFAULT_TAU, module_type
-from llava_dpa.text_path import is_multimodal_key
+from llava_dpa.loading import load_pretrained_model
+from llava_dpa.text_path import is_multimodal_key, language_state_dict
 
 MATRIX_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -54,9 +55,6 @@ class WeightReader:
             self.index.pop("lm_head.weight", None)
 
     def _load_merged(self, model_base, dtype):
-        from llava_dpa.loading import load_pretrained_model
-        from llava_dpa.text_path import language_state_dict
-
         if model_base is None:
             raise ValueError(f"{self.folder} is a LoRA or projector-only checkpoint: pass --model-base (its base LLM)")
         _, model, _, _ = load_pretrained_model(str(self.folder), model_base, None, device="cpu", dtype=dtype)

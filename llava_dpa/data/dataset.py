@@ -13,14 +13,14 @@ import logging
 import multiprocessing
 import os
 from dataclasses import dataclass
-
 from typing import Callable, Optional
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from llava_dpa.data.anyres import process_anyres_image
+from llava_dpa.data.anyres import parse_pinpoints, process_anyres_image
+from llava_dpa.data.preprocess import preprocess
 from llava_dpa.data.tokenization import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 logger = logging.getLogger("llava_dpa.data")
@@ -135,7 +135,6 @@ class LazySupervisedDataset(Dataset):
     def expanded_length(self, i: int) -> int:
         """Tokens the target reads for sample i: its text tokens plus each image's visual tokens (an upper
         bound for anyres, whose exact count depends on the tiles' unpadding)."""
-        from llava_dpa.data.preprocess import preprocess
 
         spec, sample = self.spec, self.list_data_dict[i]
         files = image_files_of(sample)
@@ -207,8 +206,6 @@ class LazySupervisedDataset(Dataset):
             raise SampleError(f"{self.sample_name(i)}: {exc.args[0]}") from None
 
     def get_sample(self, i: int) -> dict:
-        from llava_dpa.data.preprocess import preprocess
-
         spec = self.spec
         sample = self.list_data_dict[i]
         name = self.sample_name(i)
@@ -314,7 +311,6 @@ def llava_data_module(tokenizer, data_args) -> dict:
     data_args carry the image processor, and its template is LLaVA's global default."""
     from llava import conversation as conversation_lib
 
-    from llava_dpa.training.run_config import parse_pinpoints
 
     spec = DataSpec(conversation=conversation_lib.default_conversation, image_folder=data_args.image_folder,
                     image_aspect_ratio=data_args.image_aspect_ratio,

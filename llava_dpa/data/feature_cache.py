@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.data.dataset import image_files_of, process_image
+
 FORMAT = 1
 
 
@@ -125,7 +127,6 @@ def build_cache(tower, spec, records: list[dict], output: str, shard_size: int =
     from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from llava_dpa.data.dataset import image_files_of, process_image
 
     refuse_unsupported(tower)
     out = Path(output)
@@ -186,38 +187,3 @@ def build_cache(tower, spec, records: list[dict], output: str, shard_size: int =
     manifest_path.write_text(json.dumps(manifest, indent=1))
     log(f"cache-features: {done} images computed, {len(index)} in {out}, {skipped} missing files skipped")
     return {"computed": done, "total": len(index), "missing_files": skipped}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("cache-features", help="precompute a frozen tower's or perceiver's features for stage 1")
-    p.add_argument("--vision_tower", required=True, help="the tower or perceiver, as training's --vision_tower")
-    p.add_argument("--data_path", required=True)
-    p.add_argument("--image_folder", default=None)
-    p.add_argument("--image_aspect_ratio", default="square")
-    p.add_argument("--image_grid_pinpoints", default=None)
-    p.add_argument("--mm_vision_select_layer", type=int, default=-2)
-    p.add_argument("--mm_vision_select_feature", default="patch")
-    p.add_argument("--mm_projector_type", default="mlp2x_gelu",
-                   help="as training's (qwen_merger makes a Qwen2.5-VL tower stop before its merger MLP)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--shard-size", type=int, default=256, help="images per safetensors shard")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cli)
-
-
-def _cli(a) -> int:
-    from types import SimpleNamespace
-
-    from llava_dpa.data.dataset import DataSpec, load_records
-    from llava_dpa.training.run_config import parse_pinpoints
-    from llava_dpa.towers.registry import build_vision_tower
-
-    args = SimpleNamespace(mm_vision_tower=a.vision_tower, mm_vision_select_layer=a.mm_vision_select_layer,
-                           mm_vision_select_feature=a.mm_vision_select_feature, image_aspect_ratio=a.image_aspect_ratio,
-                           mm_projector_type=a.mm_projector_type)
-    tower = build_vision_tower(args)
-    tower.to(a.device)
-    spec = DataSpec(conversation=None, image_folder=a.image_folder, image_aspect_ratio=a.image_aspect_ratio,
-                    image_grid_pinpoints=parse_pinpoints(a.image_grid_pinpoints), image_processor=tower.image_processor)
-    build_cache(tower, spec, load_records(a.data_path), a.output, a.shard_size)
-    return 0

@@ -9,7 +9,7 @@ here; LLaVA's own templates go to LLaVA's functions, which take the template as 
 from __future__ import annotations
 
 from llava_dpa.data.tokenization import encode_with_targets
-from llava_dpa.templates import render
+from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS, render
 
 ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -49,7 +49,6 @@ def preprocess(sources, tokenizer, conversation, has_image: bool = False) -> dic
     from llava import conversation as conversation_lib
     from llava.train import train as llava_train
 
-    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
 
     if conversation.version in CHAT_TEMPLATE_VERSIONS:
         return preprocess_chat(sources, tokenizer, conversation)

@@ -36,12 +36,3 @@ def write_subset(input_path: str, n: int, seed: int, output_path: str) -> int:
             json.dump(chosen, f)
     tmp.replace(out)
     return len(chosen)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("subset-data", help="write a deterministic N-record subset of a LLaVA-format json/jsonl")
-    p.add_argument("--input", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=lambda a: print(f"wrote {write_subset(a.input, a.n, a.seed, a.output)} records to {a.output}"))

@@ -7,7 +7,11 @@ does not already carry it.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from transformers import AutoTokenizer
 
 IMAGE_TOKEN_INDEX = -200
 IGNORE_INDEX = -100
@@ -76,3 +80,23 @@ def encode_with_targets(text: str, spans: list[tuple[int, int]], tokenizer):
                 labels.append(tok if inside else IGNORE_INDEX)
         pos += len(chunk)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+
+
+def load_tokenizer(folder, **kwargs):
+    """AutoTokenizer, reading a tokenizer that the other transformers line saved. transformers 5 writes a
+    generic fast tokenizer as `tokenizer_class: TokenizersBackend` and its added special tokens as a list
+    named `extra_special_tokens`; 4.57 has no such class and calls that list `additional_special_tokens`.
+    Under 4.x both are translated; the tokenizer.json itself is the same on both lines."""
+    import transformers
+
+    config_path = Path(folder) / "tokenizer_config.json"
+    if transformers.__version__.startswith("4.") and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("extra_special_tokens"), list):
+            kwargs.setdefault("additional_special_tokens", config["extra_special_tokens"])
+            kwargs["extra_special_tokens"] = {}
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
+    return AutoTokenizer.from_pretrained(folder, **kwargs)

@@ -35,9 +35,13 @@ import os
 import warnings
 
 import torch
+from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from lmms_eval.api.model import lmms
+from llava_dpa.data.tokenization import IGNORE_INDEX
+from llava_dpa.llava_integration.inference import to_model
+from llava_dpa.loading import load_pretrained_model, resolve_device
+from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS, resolve_conv_mode
 
 _GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "presence_penalty", "num_beams", "do_sample")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,7 +101,6 @@ def with_system(conv, system: str | None):
     `mpt`) after their `<|im_start|>system` header."""
     from llava.conversation import SeparatorStyle
 
-    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
 
     if system is None:
         return conv
@@ -124,8 +127,6 @@ class LlavaDPA(lmms):
         super().__init__()
         from llava.conversation import conv_templates
 
-        from llava_dpa.loading import load_pretrained_model, resolve_device
-        from llava_dpa.templates import resolve_conv_mode
 
         ignored = {k: v for k, v in kwargs.items() if v is not None and k not in ("max_batch_size",)}
         if ignored:
@@ -208,7 +209,6 @@ class LlavaDPA(lmms):
             return None, None
         from llava.mm_utils import process_images
 
-        from llava_dpa.llava_integration.inference import to_model
 
         rgb = [v.convert("RGB") for v in visuals]
         return to_model(process_images(rgb, self._processor, self._model.config), self._model), [v.size for v in rgb]
@@ -303,7 +303,6 @@ class LlavaDPA(lmms):
 
     def continuation_logprob(self, context: str, continuation: str, visuals: list) -> tuple[float, bool]:
         """(sum of log p(continuation tokens | prompt), whether greedy decoding would produce them)."""
-        from llava_dpa.data.tokenization import IGNORE_INDEX
 
         prompt_ids = self._encode(self.prompt(context, len(visuals)))
         cont_ids = torch.tensor(self._tokenizer(continuation, add_special_tokens=False).input_ids, dtype=torch.long)

@@ -140,15 +140,3 @@ def write_task(questions: str, image_folder: str | None, output: str, name: str,
             (out / f"{task}.yaml").write_text(_HEADER.format(task=task, data=data.resolve()) + body)
             tasks.append(task)
     return tasks
-
-
-def register(sub) -> None:
-    p = sub.add_parser("lmms-task", help="turn a LLaVA-format question file into local lmms-eval tasks "
-                                         "(run them with --include_path)")
-    p.add_argument("--questions", required=True)
-    p.add_argument("--images", default=None, help="the folder the questions' images are in")
-    p.add_argument("--output", required=True, help="task folder to write")
-    p.add_argument("--name", default="local", help="task name prefix")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.set_defaults(func=lambda a: print(",".join(write_task(a.questions, a.images, a.output, a.name,
-                                                             a.max_new_tokens))))

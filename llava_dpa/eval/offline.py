@@ -90,10 +90,3 @@ def score(questions_path: str, answers_path: str) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {"questions": len(questions), "multiple_choice": {"n": len(mc), "accuracy": mean(mc)},
             "short_answer": {"n": len(em), "exact_match": mean(em), "anls": mean(anls_scores)}}
-
-
-def register(sub) -> None:
-    p = sub.add_parser("score", help="score model_vqa_loader answers against a question file's ground truth")
-    p.add_argument("--questions", required=True)
-    p.add_argument("--answers", required=True)
-    p.set_defaults(func=lambda a: print(json.dumps(score(a.questions, a.answers), indent=1)))

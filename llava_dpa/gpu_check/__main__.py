@@ -7,10 +7,11 @@ import json
 import sys
 import tempfile
 
+from llava_dpa.gpu_check.runner import execute, plan
+from llava_dpa.gpu_check.runner import run as run_all
+
 
 def main(argv=None) -> int:
-    from llava_dpa.gpu_check.runner import plan
-
     parser = argparse.ArgumentParser(prog="python -m llava_dpa.gpu_check")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="every check; writes OUTDIR/gpu_check.json")
@@ -33,14 +34,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "unit":
-        from llava_dpa.gpu_check.runner import execute
-
         result = execute(args.name, args.size, args.workdir, args.device)
         with open(args.result, "w") as f:
             json.dump(result, f, default=str)
         return 0
 
-    from llava_dpa.gpu_check.runner import run as run_all
 
     device = args.device or ("cuda" if args.size == "full" else "cpu")
     if device.startswith("cuda"):

@@ -29,8 +29,22 @@ from unittest import mock
 
 import torch
 
+from llava_dpa.benchmarks.packing import run
+from llava_dpa.benchmarks.throughput import bench_pair, synthetic_prompt
+from llava_dpa.data.dataset import DataCollatorForSupervisedDataset, DataSpec, LazySupervisedDataset
 from llava_dpa.gpu_check import models
 from llava_dpa.gpu_check.sizes import ENTRIES, QLORA_ENTRY, Size
+from llava_dpa.llava_integration.inference import to_model
+from llava_dpa.loading import load_pretrained_model
+from llava_dpa.recipes.paper import get
+from llava_dpa.recipes.render import stage1_dir, stage_command
+from llava_dpa.recipes.settings import Settings
+from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.weights import read_config_dict
+from llava_dpa.training import train as train_module
+from llava_dpa.training.parts import part_of
+from llava_dpa.training.run_config import Stage
+from llava_dpa.training.trainer import DPATrainer
 
 #: forward: bf16 logits against fp32 logits, relative L2 error per row (||bf16 - fp32|| / ||fp32||)
 FORWARD_REL_L2 = 0.05
@@ -79,11 +93,8 @@ def peak_memory(ctx: Context, box: dict, key: str = "peak_memory_gib"):
 
 
 def load(ctx: Context, path: str, dtype=None):
-    from llava_dpa.loading import load_pretrained_model
-
     tokenizer, model, processor, _ = load_pretrained_model(path, None, None, device=ctx.device, dtype=dtype or ctx.dtype)
     model.eval()
-    from llava_dpa.towers.base import VisionTower
 
     for module in model.modules():  # every forward encodes its images: no inference memo
         if isinstance(module, VisionTower):
@@ -92,16 +103,12 @@ def load(ctx: Context, path: str, dtype=None):
 
 
 def prompt(ctx: Context, tokenizer, model, processor, rows: int):
-    from llava_dpa.analysis.bench import synthetic_prompt
-
     ids, processed, sizes = synthetic_prompt(tokenizer, model, processor, ctx.size.text_tokens, seed=0,
                                              image_side=ctx.size.image_size, images=rows)
     return ids.to(ctx.device), processed, sizes
 
 
 def on_model(processed, model):
-    from llava_dpa.llava_integration.inference import to_model
-
     return to_model(processed, model)
 
 
@@ -116,8 +123,6 @@ def assemble(ctx: Context, form: str) -> dict:
     pair = models.assemble_form(ctx.workdir, form)
     params = {}
     for name in ("DPA", "baseline"):
-        from llava_dpa.towers.weights import read_config_dict
-
         params[name] = read_config_dict(pair[name]).get("mm_vision_tower")
     return {"passed": True, "figures": {"towers": params}}
 
@@ -212,8 +217,6 @@ class GradientProbe:
         self.callback, self.parts, self.trainable_without_grad, self.lora_a_without_grad = Callback(), None, [], 0
 
     def record(self, model) -> None:
-        from llava_dpa.training.parts import part_of
-
         parts = {}
         for name, param in model.named_parameters():
             row = parts.setdefault(part_of(name).value, {"trainable": 0, "with_grad": 0, "frozen_with_grad": 0,
@@ -246,7 +249,6 @@ class GradientProbe:
 
 def settings_for(ctx: Context, form: str):
     """The registry's cluster settings pointed at the built models: one process, bf16, batch 2."""
-    from llava_dpa.recipes.settings import Settings
 
     built = models.manifest(ctx.workdir)
     c = built["components"]
@@ -277,9 +279,6 @@ def one_step_flags(ctx: Context, form: str) -> list[str]:
 def run_training(ctx: Context, argv: list[str]) -> dict:
     """One run of `training.train.train` in this process: loss, seconds, peak memory, the gradient probe. Stage 2's
     model is not saved (a check measures one step; at the full size it would write 8 GB)."""
-    from llava_dpa.training import train as train_module
-    from llava_dpa.training.run_config import Stage
-    from llava_dpa.training.trainer import DPATrainer
 
     probe = GradientProbe()
     original_init, original_save = DPATrainer.__init__, train_module.save_final
@@ -316,9 +315,6 @@ def run_training(ctx: Context, argv: list[str]) -> dict:
 
 
 def train(ctx: Context, form: str) -> dict:
-    from llava_dpa.recipes.paper import get
-    from llava_dpa.recipes.render import stage_command, stage1_dir
-
     settings, figures = settings_for(ctx, form), {}
     built = models.manifest(ctx.workdir)
     for kind, entry in zip(("baseline", "DPA"), ENTRIES[form]):
@@ -348,8 +344,6 @@ def train(ctx: Context, form: str) -> dict:
 
 
 def qlora(ctx: Context) -> dict:
-    from llava_dpa.recipes.render import stage_command
-
     settings = settings_for(ctx, "llava")
     built = models.manifest(ctx.workdir)
     flags = one_step_flags(ctx, "llava") + ["--vision_tower", built["towers"]["llava"]]
@@ -368,7 +362,6 @@ def qlora(ctx: Context) -> dict:
 def padded_batch(ctx: Context, tokenizer, model, processor, n: int) -> dict:
     from llava.conversation import conv_templates
 
-    from llava_dpa.data.dataset import DataCollatorForSupervisedDataset, DataSpec, LazySupervisedDataset
 
     built = models.manifest(ctx.workdir)
     tower = model.get_vision_tower()
@@ -417,8 +410,6 @@ def packing(ctx: Context, form: str) -> dict:
 
 # ---- the benches ------------------------------------------------------------------------------------------
 def bench(ctx: Context, form: str) -> dict:
-    from llava_dpa.analysis.bench import bench_pair
-
     pair, built = models.pair(ctx.workdir, form), models.manifest(ctx.workdir)
     configs = {k: built["configs"][k] for k in ("vit", "perceiver_lm", "target")}
     args = SimpleNamespace(dtype=ctx.size.dtype, text_tokens=ctx.size.text_tokens, model_base=None, seed=0,
@@ -437,7 +428,6 @@ def bench_packing(ctx: Context) -> dict:
     import json
     import tempfile
 
-    from llava_dpa.analysis.bench_packing import run
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-bench-packing-", dir=ctx.workdir) as tmp:
         out = Path(tmp) / "bench_packing.json"

@@ -1,7 +1,7 @@
 """The check's models and data, with random weights from the configs of `sizes` (no downloads):
 - `build`: the component folders (the ViT, the perceiver LM, the target, the 32B-wide QLoRA target), the two
   perceivers (the paper's LLaVA-format VLM, and the release's Qwen-VL-native one) and the synthetic data set;
-- `assemble_form`: a form's DPA and baseline checkpoints (`analysis/bench_models.assemble_pair`, as training
+- `assemble_form`: a form's DPA and baseline checkpoints (`benchmarks/models.assemble_pair`, as training
   assembles them), written only while that form's checks run, since at the full size each pair takes ~19 GB.
 Everything is written under one work folder; `layout` names its paths."""
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.benchmarks.models import _save_lm, assemble_pair, make_perceiver_of, write_components
+from llava_dpa.benchmarks.packing import synthetic_set
 from llava_dpa.gpu_check.sizes import FORMS, Size, configs
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -27,8 +29,6 @@ def layout(workdir: str | Path) -> dict:
 
 def build(size: Size, workdir: str | Path, device: str) -> dict:
     """Write every component, both perceivers and the data; returns (and writes) the manifest."""
-    from llava_dpa.analysis.bench_models import _save_lm, make_perceiver_of, write_components
-    from llava_dpa.analysis.bench_packing import synthetic_set
     from transformers import AutoTokenizer
 
     paths = layout(workdir)
@@ -55,7 +55,6 @@ def manifest(workdir: str | Path) -> dict:
 
 def assemble_form(workdir: str | Path, form: str) -> dict:
     """The form's DPA and baseline checkpoints: {"DPA", "baseline", "tower"}."""
-    from llava_dpa.analysis.bench_models import assemble_pair
 
     built = manifest(workdir)
     folder = layout(workdir)["pair"][form]

@@ -21,6 +21,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import llava_dpa
+from llava_dpa.gpu_check import checks
+from llava_dpa.gpu_check.models import remove_form
 from llava_dpa.gpu_check.schema import PACKAGES, SCHEMA, STATUSES, problems
 from llava_dpa.gpu_check.sizes import FORMS, SIZES
 
@@ -118,8 +121,6 @@ def environment(device: str, dtype: str) -> dict:
     cuda = device.startswith("cuda")
     versions = {p: _version(p) for p in PACKAGES}
     if versions["llava-dpa"] is None:  # run from the source tree (PYTHONPATH), not installed
-        import llava_dpa
-
         versions["llava-dpa"] = getattr(llava_dpa, "__version__", None) or "source tree"
     bundle_commit, bundle_dirty = _bundle()
     return {"device": torch.cuda.get_device_name() if cuda else "cpu", "driver": driver,
@@ -133,7 +134,6 @@ def environment(device: str, dtype: str) -> dict:
 # ---- one check --------------------------------------------------------------------------------------------
 def execute(name: str, size_name: str, workdir: str, device: str) -> dict:
     """Run one check in this process: {"passed", "figures"}."""
-    from llava_dpa.gpu_check import checks
 
     unit = {u.name: u for u in plan()}[name]
     ctx = checks.Context(SIZES[size_name], Path(workdir), device)
@@ -241,8 +241,6 @@ def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str
         last_of_pair = unit.form and unit.check in PAIR_CHECKS and not any(
             u.form == unit.form and u.check in PAIR_CHECKS for u in units[i + 1:])
         if last_of_pair:  # a form's pair takes ~19 GB at the full size: gone before the next is assembled
-            from llava_dpa.gpu_check.models import remove_form
-
             remove_form(workdir, unit.form)
         report["seconds"] = round(time.monotonic() - start, 2)
         _write(outdir, report)

@@ -1,11 +1,14 @@
 """The check's two sizes. `full`: the paper's models with random weights, from the published configs kept in
 `analysis/cost.PRESETS` (Qwen2.5-VL-3B's ViT, Qwen3-0.6B as the perceiver LM, Qwen3-4B as the target, and a
 Qwen3-32B-wide target cut to a few layers for QLoRA), bf16 on CUDA. `smoke`: the same shapes shrunk by
-`analysis/bench_models.scaled_presets` (head widths and the vocabulary kept) on small images, so that a CPU runs
+`benchmarks/models.scaled_presets` (head widths and the vocabulary kept) on small images, so that a CPU runs
 every check of the same code in seconds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from llava_dpa.analysis.cost import PRESETS
+from llava_dpa.benchmarks.models import scale_lm, scaled_presets
 
 FORMS = ("llava", "qwen-vl")  # the paper's LLaVA-NeXT form (perceiver on tiles); the official release's form
 
@@ -18,7 +21,7 @@ QLORA_ENTRY = "dpa-qwen3-32b"
 @dataclass(frozen=True)
 class Size:
     name: str
-    scale: float                 # analysis/bench_models.scaled_presets' factor (1: the published configs)
+    scale: float                 # benchmarks/models.scaled_presets' factor (1: the published configs)
     qlora_layers: int            # the 32B-wide target's depth
     image_size: int              # the ViT's tile (llava form) and the synthetic images' side
     pinpoints: str | None        # --image_grid_pinpoints override (None: the recipe's)
@@ -50,8 +53,6 @@ SIZES = {s.name: s for s in (FULL, SMOKE)}
 
 def configs(size: Size) -> dict:
     """{"vit", "perceiver_lm", "target", "qlora_target"}: the component configs at this size."""
-    from llava_dpa.analysis.bench_models import scale_lm, scaled_presets
-    from llava_dpa.analysis.cost import PRESETS
 
     found = scaled_presets("qwen3-4b", size.scale)
     found["qlora_target"] = dict(scale_lm(PRESETS["qwen3-32b"], size.scale), num_hidden_layers=size.qlora_layers)

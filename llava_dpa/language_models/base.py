@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from llava_dpa.data.packing import pack_rows
+
 
 class LlavaCausalLMMixin:
     """Put first in the bases: `class X(LlavaCausalLMMixin, QwenForCausalLM, LlavaMetaForCausalLM)`."""
@@ -40,8 +42,6 @@ class LlavaCausalLMMixin:
              labels) = self.prepare_inputs_labels_for_multimodal(
                 input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
         if packed:  # one pack: the spliced samples end to end, each attending to itself (data/packing.py)
-            from llava_dpa.data.packing import pack_rows
-
             inputs_embeds, block, position_ids, labels = pack_rows(inputs_embeds, attention_mask, labels)
             attention_mask = None if self.config._attn_implementation == "flash_attention_2" else block
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

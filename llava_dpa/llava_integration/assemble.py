@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import torch
 
+from llava_dpa.language_models import target_class_for
+from llava_dpa.towers.weights import read_config_dict
+
 
 def assemble(target_dir: str | Path, vision_tower: str, output: str | Path, tokenizer, *, projector: str,
              conv_version: str, image_aspect_ratio: str = "square", pretrain_mm_mlp_adapter: str | None = None,
              dtype: torch.dtype = torch.float32, **tower_options):
-    from llava_dpa.language_models import target_class_for
-    from llava_dpa.towers.weights import read_config_dict
-
     cls = target_class_for(read_config_dict(str(target_dir))["model_type"])
     model = cls.from_pretrained(target_dir, torch_dtype=dtype)
     args = SimpleNamespace(vision_tower=vision_tower, mm_vision_select_layer=-1, mm_vision_select_feature="patch",

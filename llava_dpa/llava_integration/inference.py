@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from llava_dpa.templates import resolve_conv_mode
+
 
 def conv_mode_for(model, requested: str | None) -> str:
     """The checkpoint's template (from its config); `--conv-mode` overrides it."""
     from llava.conversation import conv_templates
 
-    from llava_dpa.templates import resolve_conv_mode
 
     return resolve_conv_mode(model.config, requested, conv_templates.keys())
 

@@ -25,11 +25,14 @@ The perceiver's LM head is not kept: the features never read it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
+
+from llava_dpa.data.tokenization import load_tokenizer
+from llava_dpa.llava_integration.assemble import assemble
+from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 
 MERGED_TYPE = "forward_visual_tokens_llava_arch"
 SPLIT_PERCEIVER_TYPE = "llava_baseline"
@@ -136,8 +139,6 @@ def _mrope_section(vit_config: dict) -> list[int]:
 
 
 def perceiver_spec(source: dict, vit_config: dict, lm_config: dict, tokens: dict) -> dict:
-    from llava_dpa.perceiver.qwen_vl import SPEC_TYPE
-
     pconfig = {**QWEN2_CONFIG_DEFAULTS, **source["perceiver_config"]}
     rope_scaling = pconfig.get("rope_scaling") or {}
     if rope_scaling.get("rope_type", rope_scaling.get("type", "default")) not in ("default", "mrope") or \
@@ -172,7 +173,6 @@ def import_official(src: str, output: str, *, vit_config: str | None = None, per
     from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from llava_dpa.loading import load_tokenizer
 
     src_path, out = Path(src), Path(output)
     if out.exists() and any(out.iterdir()):
@@ -216,7 +216,6 @@ def import_official(src: str, output: str, *, vit_config: str | None = None, per
         (pdir / "config.json").write_text(json.dumps(spec, indent=1))
         (pdir / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXELS))
         p_tok.save_pretrained(pdir)
-        from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver
 
         check = QwenVLPerceiver(spec)
         wanted = set(check.state_dict())
@@ -259,28 +258,8 @@ def import_official(src: str, output: str, *, vit_config: str | None = None, per
 
 
 def _write_llava_checkpoint(folder: Path, perceiver_dir: Path, thinker_dir: Path, tokenizer, system_prompt, report):
-    from llava_dpa.llava_integration.assemble import assemble
-
     model = assemble(thinker_dir, "dpa:" + str(perceiver_dir), folder, tokenizer, projector="dpa_aligner",
                      conv_version="qwen_3", image_aspect_ratio="native",
                      pretrain_mm_mlp_adapter=str(folder / "mm_projector.bin"), perceiver_system_prompt=system_prompt)
     report.append(f"LLaVA-format DPA checkpoint: target {type(model).__name__}, projector dpa_aligner "
                   f"({model.config.mm_hidden_size} -> {model.config.hidden_size}), features N + 2 per image")
-
-
-def register(sub) -> None:
-    p = sub.add_parser("import-official", help="convert an official DPA checkpoint (DPA-4B, DPA-4B-init) to LLaVA format")
-    p.add_argument("source", help="the official checkpoint folder (merged layout) or the split layout's root")
-    p.add_argument("--output", required=True)
-    p.add_argument("--vit-config", default=None, help="folder with the Qwen2.5-VL config.json (vit_path)")
-    p.add_argument("--perceiver-lm-config", default=None, help="folder with the perceiver LM's config.json (llm_path)")
-    p.add_argument("--target-config", default=None, help="folder with the target's config.json (thinker_name_or_path)")
-    p.add_argument("--target-tokenizer", default=None, help="the target's (Qwen3) tokenizer folder")
-    p.add_argument("--perceiver-tokenizer", default=None, help="the perceiver's (Qwen2.5-VL) tokenizer folder")
-    p.add_argument("--perceiver-system-prompt", default=None,
-                   help="a system prompt for the perceiver (default none, as the official training; its evaluation "
-                        "uses 'You are a helpful assistant.')")
-    p.set_defaults(func=lambda a: print(import_official(
-        a.source, a.output, vit_config=a.vit_config, perceiver_lm_config=a.perceiver_lm_config,
-        target_config=a.target_config, target_tokenizer=a.target_tokenizer, perceiver_tokenizer=a.perceiver_tokenizer,
-        perceiver_system_prompt=a.perceiver_system_prompt)))

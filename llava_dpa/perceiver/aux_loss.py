@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llava_dpa.data.preprocess import preprocess
 from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
 
 
@@ -28,7 +29,6 @@ class PerceiverAuxData:
     def tokenize(self, conversations, has_image: bool, name: str):
         from llava.conversation import conv_templates
 
-        from llava_dpa.data.preprocess import preprocess
 
         out = preprocess([[dict(t) for t in conversations]], self.tokenizer, conv_templates[self.version], has_image)
         return out["input_ids"][0], out["labels"][0]

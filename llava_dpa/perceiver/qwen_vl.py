@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from llava_dpa.perceiver.mrope import SectionedRotary
+from llava_dpa.towers.qwen2_5_vl import merged_tokens
 
 SPEC_TYPE = "llava_dpa_qwen_vl_perceiver"
 TEXT_MODELS = ("qwen2_5_vl_text", "qwen3_mrope", "qwen3_vl_text")
@@ -140,8 +141,9 @@ class QwenVLPerceiver(nn.Module):
             vision = Qwen3VLVisionConfig(**spec["vision_config"])
         else:
             from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import \
-                Qwen2_5_VisionTransformerPretrainedModel as vision_cls
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+                Qwen2_5_VisionTransformerPretrainedModel as vision_cls,
+            )
 
             vision = Qwen2_5_VLVisionConfig(**spec["vision_config"])
         vision._attn_implementation = attn_implementation
@@ -166,7 +168,6 @@ class QwenVLPerceiver(nn.Module):
     def visual_tokens(self, patches: torch.Tensor, grids: torch.Tensor):
         """Flattened patches of all images -> (their merged tokens in the LM's width, Qwen3-VL's deepstack
         features of the same tokens or None)."""
-        from llava_dpa.towers.qwen2_5_vl import merged_tokens
 
         out = self.visual(patches, grid_thw=grids)
         if not self.deepstack:

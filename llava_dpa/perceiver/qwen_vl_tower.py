@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from llava_dpa.data.native_resolution import NativeResolutionProcessor, merged_counts, patches_and_grids, whole_images
-from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX, load_tokenizer
 from llava_dpa.perceiver.buckets import perceiver_buckets
+from llava_dpa.perceiver.instruction import _ROLE, turn_end_ids
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
 from llava_dpa.perceiver.tower import strip_prefix
@@ -47,7 +48,7 @@ def prefix_text(system: str | None) -> str:
 
 
 class QwenVLPerceiverTower(VisionTower):
-    model_types = ()  # chosen by the dpa: prefix and the folder's config (towers/registry.py)
+    model_types = ()  # chosen by the dpa: prefix and the folder's config (llava_integration/tower_registry.py)
     encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.{visual,language_model}.*
     is_perceiver = True
     per_image_features = True   # one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
@@ -115,7 +116,6 @@ class QwenVLPerceiverTower(VisionTower):
                           perceiver_tokenizer_dir: str | None = None):
         """The target's tokenizer decodes the text between images; the perceiver's re-encodes it and gives
         the prefix its ids (recorded in the checkpoint, as for the LLaVA-format perceiver)."""
-        from llava_dpa.loading import load_tokenizer
 
         self.target_tokenizer = target_tokenizer
         if self.perceiver_tokenizer is None:
@@ -154,7 +154,6 @@ class QwenVLPerceiverTower(VisionTower):
     def sample_contexts(self, input_ids, attention_mask) -> list[list[list[int]]]:
         """Per sample, per image: the perceiver's token ids for the text just before the image (the prefix
         comes first and is added in encode). A sample without an image consumes one placeholder image."""
-        from llava_dpa.perceiver.instruction import _ROLE, turn_end_ids
 
         contexts = []
         ends = None

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.data.tokenization import load_tokenizer
+from llava_dpa.language_models import target_class_for
 from llava_dpa.perceiver.buckets import perceiver_buckets
+from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
+from llava_dpa.perceiver.prompt import prefix_ids
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
@@ -72,8 +76,6 @@ class PerceiverTower(VisionTower):
 
     # ---- construction --------------------------------------------------------------------------------
     def build_model(self, config_dict: dict):
-        from llava_dpa.language_models import target_class_for
-
         cls = target_class_for(config_dict["model_type"])
         config = cls.config_class.from_dict({k: v for k, v in config_dict.items() if k != "model_type"})
         config._attn_implementation = self.attn_implementation
@@ -90,9 +92,6 @@ class PerceiverTower(VisionTower):
         pass
 
     def read_prefix_ids(self) -> list[int]:
-        from llava_dpa.loading import load_tokenizer
-        from llava_dpa.perceiver.prompt import prefix_ids
-
         folder = Path(self.perceiver_path)
         if not (folder / "tokenizer_config.json").is_file():
             raise PerceiverError(
@@ -185,8 +184,6 @@ class PerceiverTower(VisionTower):
         auxiliary loss's conversation)."""
         self.target_tokenizer = target_tokenizer
         if (self.instruction_context or perceiver_tokenizer_needed) and self.perceiver_tokenizer is None:
-            from llava_dpa.loading import load_tokenizer
-
             candidates = [c for c in (perceiver_tokenizer_dir, self.perceiver_path) if c]
             source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
             if source is None:
@@ -206,8 +203,6 @@ class PerceiverTower(VisionTower):
         return {"contexts": self.instruction_contexts(input_ids, attention_mask, images)}
 
     def instruction_contexts(self, input_ids, attention_mask, images) -> list[list[int]]:
-        from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
-
         if self.target_tokenizer is None or self.perceiver_tokenizer is None:
             raise PerceiverError("instruction context needs the target's and the perceiver's tokenizers; the LLaVA "
                                  "loader and trainer attach them (tower.attach_tokenizers)")

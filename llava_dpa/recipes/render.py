@@ -10,8 +10,19 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava_dpa.recipes.paper import (REGISTRY, Compose, PerceiverOf, QwenVLPerceiverAt, Recipe, ReinitialiseLM, ViT,
-                                     ViTOf, get)
+from llava_dpa.perceiver.tower import DPA_PREFIX
+from llava_dpa.projectors.large_mlp import plan
+from llava_dpa.recipes.paper import (
+    REGISTRY,
+    Compose,
+    PerceiverOf,
+    QwenVLPerceiverAt,
+    Recipe,
+    ReinitialiseLM,
+    ViT,
+    ViTOf,
+    get,
+)
 from llava_dpa.recipes.settings import Settings
 
 
@@ -56,8 +67,6 @@ def tower_path(entry: Recipe, settings: Settings) -> str:
     if isinstance(tower, ViTOf):
         return str(settings.checkpoints / f"{tower.entry}-vit")
     if isinstance(tower, QwenVLPerceiverAt):
-        from llava_dpa.perceiver.tower import DPA_PREFIX
-
         return DPA_PREFIX + settings.path(tower.path_key)
     raise RecipeError(f"{entry.name}: unknown tower {tower!r}")
 
@@ -82,7 +91,6 @@ def precision_flags(settings: Settings) -> list[str]:
 def large_mlp_flags(entry: Recipe, settings: Settings, tower: str) -> list[str]:
     """Width solved for the budget at the entry's depth, from the ViT's and the target's widths (read from their
     configs; without them the width is left out, and the run says it needs one)."""
-    from llava_dpa.projectors.large_mlp import plan
 
     d_in, d_out = _vit_width(tower), _hidden_size(settings.path(entry.llm))
     if d_in is None or d_out is None:

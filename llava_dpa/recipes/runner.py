@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Callable
 
 from llava_dpa.recipes.paper import Compose, Recipe, ReinitialiseLM, ViTOf, get
-from llava_dpa.recipes.render import (RecipeError, entries_needed, output_dir, shared_stage1_owner, stage1_dir,
-                                      stage_command, subset_file, tower_path)
+from llava_dpa.recipes.render import (
+    RecipeError,
+    entries_needed,
+    output_dir,
+    shared_stage1_owner,
+    stage1_dir,
+    stage_command,
+    subset_file,
+    tower_path,
+)
 from llava_dpa.recipes.settings import Settings
 
 

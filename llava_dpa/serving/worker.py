@@ -21,8 +21,17 @@ import traceback
 
 import torch
 
-from llava_dpa.serving.requests import (DEFAULT_MAX_IMAGE_PIXELS, IMAGE_TOKEN, RequestError, check_image_count,
-                                        decode_images, number, require)
+from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+from llava_dpa.llava_integration.inference import conv_mode_for, to_model
+from llava_dpa.serving.requests import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_TOKEN,
+    RequestError,
+    check_image_count,
+    decode_images,
+    number,
+    require,
+)
 
 logger = logging.getLogger("llava_dpa.serving")
 
@@ -37,7 +46,6 @@ def is_multimodal(model) -> bool:
 
 def conv_template(model) -> str:
     """The conversation template the checkpoint speaks, from its config (llava.serve.cli chooses the same)."""
-    from llava_dpa.llava_integration.inference import conv_mode_for
 
     return conv_mode_for(model, None)
 
@@ -117,8 +125,6 @@ def prepare(worker, params: dict, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXE
         raise params
     from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
 
-    from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
-    from llava_dpa.llava_integration.inference import to_model
 
     model, tokenizer = worker.model, worker.tokenizer
     template = conv_template(model)

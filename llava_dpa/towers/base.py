@@ -8,9 +8,8 @@ a trained checkpoint rebuilds its tower with the original tower folder gone.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import threading
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn as nn

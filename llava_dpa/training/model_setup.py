@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from llava_dpa.language_models import target_class_for
+from llava_dpa.training.trainability import lora_target_modules, lora_target_pattern
 
 logger = logging.getLogger("llava_dpa.train")
 
@@ -68,7 +69,6 @@ def load_target(run):
 def apply_lora(model, run):
     from peft import LoraConfig, get_peft_model
 
-    from llava_dpa.training.trainability import lora_target_modules, lora_target_pattern
 
     training_args = run.training
     lora_config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,

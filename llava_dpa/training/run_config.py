@@ -11,7 +11,6 @@ versions and the patch state) and refuse a resume whose model or data settings d
 """
 from __future__ import annotations
 
-import ast
 import enum
 import json
 import os
@@ -26,6 +25,11 @@ from typing import Optional
 import torch
 from llava.train import train as llava_train
 
+from llava_dpa import patching
+from llava_dpa.data.anyres import PinpointsError, parse_pinpoints
+from llava_dpa.llava_integration.tower_registry import tower_class_for
+from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
+from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 from llava_dpa.training.parts import PERCEIVER_PARTS, Part, parse_parts
 
 RUN_CONFIG_NAME = "run_config.json"
@@ -240,11 +244,15 @@ def resolve(model_args, data_args, training_args, argv, attn_implementation=None
         data_args.image_aspect_ratio = "native"
     # The tower is built from the model arguments (llava's initialize_vision_modules), and reads its image mode.
     model_args.image_aspect_ratio = data_args.image_aspect_ratio
+    try:
+        pinpoints = parse_pinpoints(data_args.image_grid_pinpoints)
+    except PinpointsError as exc:
+        raise RunConfigError(str(exc)) from None
     run = RunConfig(
         model=model_args, data=data_args, training=training_args, stage=stage,
         tower_kind=tower_kind_of(model_args.vision_tower), qwen_vl_perceiver=qwen_vl,
         attn_implementation=resolve_attn_implementation(attn_implementation),
-        image_grid_pinpoints=parse_pinpoints(data_args.image_grid_pinpoints),
+        image_grid_pinpoints=pinpoints,
         lora_parts=lora_parts,
         aux_loss_weight=weight if stage in aux_stages else 0.0, argv=list(argv))
     validate(run)
@@ -271,7 +279,6 @@ def _stage_from(value, flag: str) -> Stage:
 def tower_class_of(vision_tower: str | None):
     if not vision_tower:
         return None
-    from llava_dpa.towers.registry import tower_class_for
 
     return tower_class_for(vision_tower)
 
@@ -293,21 +300,6 @@ def resolve_attn_implementation(requested: str | None) -> str:
     return requested or "sdpa"
 
 
-def parse_pinpoints(text) -> Optional[list[tuple[int, int]]]:
-    """`"[(448, 896), (896, 448)]"` (LLaVA-NeXT's spelling) -> [(448, 896), (896, 448)]; literals only."""
-    if text is None or isinstance(text, list):
-        return None if text is None else [tuple(int(v) for v in p) for p in text]
-    example = "\"[(448, 896), (896, 448), (896, 896)]\""
-    try:
-        points = ast.literal_eval(text)
-        parsed = [tuple(int(v) for v in p) for p in points]
-    except (ValueError, SyntaxError, TypeError):
-        raise RunConfigError(f"--image_grid_pinpoints {text!r} is not a list of (height, width) pairs, e.g. {example}") from None
-    if not parsed or any(len(p) != 2 or min(p) <= 0 for p in parsed):
-        raise RunConfigError(f"--image_grid_pinpoints {text!r}: give positive (height, width) pairs, e.g. {example}")
-    return parsed
-
-
 # flag -> its default; any other value needs a perceiver tower
 PERCEIVER_ONLY_FLAGS = {"freeze_perceiver": False, "dpa_select_layer": None, "perceiver_instruction_context": False,
                         "perceiver_aux_loss_weight": 0.0}
@@ -317,7 +309,6 @@ def validate(run: RunConfig) -> None:
     """Every refusal of a nonsensical combination, naming the flags."""
     from llava.conversation import conv_templates
 
-    from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
 
     m, d, t, stage = run.model, run.data, run.training, run.stage
     s1 = stage is Stage.ALIGNMENT
@@ -435,8 +426,6 @@ def validate_native_resolution(run: RunConfig) -> None:
             raise RunConfigError("--perceiver_visual_positions_only and --perceiver_system_prompt apply to the Qwen-VL "
                                  "perceiver (--vision_tower dpa:<Qwen2.5-VL or imported folder>)")
         if native:
-            from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
-
             if run.tower_kind is not TowerKind.VIT or tower_class_of(m.vision_tower) is not Qwen2_5_VLTower:
                 raise RunConfigError(f"--image_aspect_ratio native needs a Qwen2.5-VL ViT tower or the Qwen-VL perceiver; "
                                      f"{m.vision_tower} reads fixed-size tiles")
@@ -505,8 +494,6 @@ def versions() -> dict:
 
 
 def patch_state() -> dict:
-    from llava_dpa.llava_integration import patching
-
     return {name: state for name, state, _ in patching.report()}
 
 

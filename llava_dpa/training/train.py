@@ -12,13 +12,24 @@ import os
 import torch
 
 from llava_dpa.data.dataset import DataSpec, make_supervised_data_module
-from llava_dpa.loading import load_tokenizer
+from llava_dpa.data.feature_cache import FeatureCacheError, FeatureCacheReader, manifest_for, refuse_unsupported
+from llava_dpa.data.tokenization import load_tokenizer
+from llava_dpa.perceiver.aux_loss import aux_data_for
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
 from llava_dpa.training.distributed import end_process_group
+from llava_dpa.training.mir_callback import MIRCallback
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
-from llava_dpa.training.run_config import (RunConfig, RunConfigError, Stage, apply_model_config, check_against_tower,
-                                           check_resume, parse_run_config, write_run_config)
+from llava_dpa.training.run_config import (
+    RunConfig,
+    RunConfigError,
+    Stage,
+    apply_model_config,
+    check_against_tower,
+    check_resume,
+    parse_run_config,
+    write_run_config,
+)
 from llava_dpa.training.trainability import apply_trainability, trainability_table
 from llava_dpa.training.trainer import DPATrainer, SkippedSamplesCallback, complete_checkpoints
 
@@ -45,7 +56,6 @@ def setup_vision(model, run: RunConfig, tokenizer):
 
 def open_feature_cache(run: RunConfig, tower, tokenizer):
     """--feature_cache: the reader, after checking the cache was built by this tower with this preprocessing."""
-    from llava_dpa.data.feature_cache import FeatureCacheError, FeatureCacheReader, manifest_for, refuse_unsupported
 
     try:
         refuse_unsupported(tower, run.model.perceiver_instruction_context)
@@ -59,7 +69,6 @@ def open_feature_cache(run: RunConfig, tower, tokenizer):
 def data_spec(run: RunConfig, tower, tokenizer, feature_cache=None) -> DataSpec:
     from llava.conversation import conv_templates
 
-    from llava_dpa.perceiver.aux_loss import aux_data_for
 
     return DataSpec(conversation=conv_templates[run.model.version], image_folder=run.data.image_folder,
                     image_aspect_ratio=run.data.image_aspect_ratio, image_grid_pinpoints=run.image_grid_pinpoints,
@@ -146,8 +155,6 @@ def train(attn_implementation=None, argv=None):
     trainer = DPATrainer(run=run, model=model, processing_class=tokenizer, args=run.training, **data_module)
     trainer.add_callback(SkippedSamplesCallback(data_module["train_dataset"]))
     if run.training.mir_probe_images:
-        from llava_dpa.analysis.mir_callback import MIRCallback
-
         t = run.training
         trainer.add_callback(MIRCallback(tokenizer, run.model.version, t.mir_probe_images, t.mir_probe_texts,
                                          t.mir_probe_image_folder, t.mir_probe_count, t.seed))

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
 from llava_dpa.training.optim import parameter_groups
 from llava_dpa.training.run_config import Stage, write_run_config
 from llava_dpa.training.saving import load_projector_state, save_projector
@@ -68,7 +69,6 @@ class DPATrainer(LLaVATrainer):
             return super().get_train_dataloader()
         from torch.utils.data import DataLoader
 
-        from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
 
         dataset = self.train_dataset
         started = time.perf_counter()

@@ -6,9 +6,21 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, GenerationConfig, LlamaConfig,
-                          LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM, SiglipImageProcessor, SiglipVisionConfig,
-                          SiglipVisionModel)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 
 TILE = 32  # pixels per tile for every tiny tower
 WIDTH = 64
@@ -95,7 +107,6 @@ def tiny_native_perceiver(tokenizer, folder: Path, seed: int = 0, rope_theta: fl
     Qwen3 LM with sectioned M-RoPE, in this project's perceiver format (what import-official writes)."""
     from safetensors.torch import save_file
 
-    from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 
     tokenizer = qwen_vl_tokenizer(tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}

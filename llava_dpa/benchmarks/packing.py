@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llava_dpa.benchmarks.models import build_pair, describe
+
 WORDS = "the a red blue green square circle shape colour image shows there is on of and with in small large".split()
 
 
@@ -43,8 +45,6 @@ def synthetic_set(folder: Path, samples: int, image_side: int, text_only: float,
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.bench_models import build_pair, describe
-
     with tempfile.TemporaryDirectory(prefix="llava-dpa-bench-packing-") as tmp:
         root = Path(tmp)
         pair = build_pair(args.preset, args.scale, root / "models", args.image_size)
@@ -79,14 +79,3 @@ def run(args) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))
     return 0
-
-
-def register(sub) -> None:
-    from llava_dpa.analysis.bench_models import add_training_bench_arguments
-
-    p = sub.add_parser("bench-packing", help="training samples/s with and without --packing_budget")
-    add_training_bench_arguments(p, image_size=112, batch_help="the padded run's --per_device_train_batch_size")
-    p.add_argument("--budget", type=int, default=4096, help="the packed run's --packing_budget")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--text-only", type=float, default=0.3, help="share of text-only samples")
-    p.set_defaults(func=run)

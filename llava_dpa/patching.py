@@ -36,7 +36,7 @@ def patches_dir() -> Path:
     env = os.environ.get("LLAVA_DPA_PATCHES")
     if env:
         return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "patches"
+    checkout = Path(__file__).resolve().parents[1] / "patches"
     if checkout.is_dir():
         return checkout
     packaged = Path(__file__).resolve().parent / "patches"

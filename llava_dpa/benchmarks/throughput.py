@@ -5,7 +5,7 @@ throughput 0.94x, training cost 1.14x at 4B).
 Two ways to get the pair:
 - `--preset qwen3-4b [--scale F]`: random weights at the published sizes, or every width, head count and depth
   shrunk by F (head widths and vocabulary kept), built from this project's own classes exactly as training
-  builds them (`analysis/bench_models.py`: the LLaVA target classes, the Qwen2.5-VL tower, `PerceiverTower`);
+  builds them (`benchmarks/models.py`: the LLaVA target classes, the Qwen2.5-VL tower, `PerceiverTower`);
   with `--perceiver qwen-vl`, the official release's Qwen-VL-native perceiver (`QwenVLPerceiverTower`) on whole
   images at native resolution, against the Qwen2.5-VL ViT tower at native resolution;
 - `--dpa CKPT --baseline CKPT`: two checkpoints of this project.
@@ -37,6 +37,14 @@ from collections import defaultdict
 
 import torch
 from tqdm import tqdm
+
+from llava_dpa.analysis.flops import training_flops
+from llava_dpa.benchmarks.models import build_pair, describe
+from llava_dpa.llava_integration.inference import conv_mode_for, to_model
+from llava_dpa.loading import load_pretrained_model
+from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
+from llava_dpa.training.parts import Part, part_of
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPS = ("prefill", "decode", "train_stage2", "train_stage1")
@@ -98,7 +106,6 @@ def synthetic_prompt(tokenizer, model, processor, text_tokens: int, seed: int = 
     from llava.mm_utils import process_images, tokenizer_image_token
     from PIL import Image
 
-    from llava_dpa.llava_integration.inference import conv_mode_for
 
     tower = model.get_vision_tower()
     generator = torch.Generator().manual_seed(seed)
@@ -123,15 +130,12 @@ class Pipeline:
         """cached_features: the tower reads its own features, computed once here, as `--feature_cache` training
         reads them (data/feature_cache.py), so that a step runs only the projector and the target.
         image_side: the synthetic image's side for a tower that reads whole images (a tiling tower's is its tile)."""
-        from llava_dpa.llava_integration.inference import to_model
-        from llava_dpa.loading import load_pretrained_model
 
         self.name, self.path, self.device = name, path, device
         self.tokenizer, self.model, processor, _ = load_pretrained_model(path, model_base, None, device=device,
                                                                          dtype=dtype)
         self.model.eval()
         self.tower = self.model.get_vision_tower()
-        from llava_dpa.towers.base import VisionTower
 
         for module in self.model.modules():  # every prefill encodes its image: no inference memo
             if isinstance(module, VisionTower):
@@ -181,8 +185,6 @@ class Pipeline:
         return decode_interleaved([self], steps)[self.name]
 
     def train_step(self, stage: int) -> None:
-        from llava_dpa.training.parts import Part, part_of
-
         for name, param in self.model.named_parameters():
             part = part_of(name)
             param.requires_grad_(part is Part.PROJECTOR if stage == 1 else part is not Part.PERCEIVER_LM_HEAD)
@@ -199,8 +201,6 @@ class Pipeline:
             self.model.requires_grad_(False)
 
     def trainable(self, stage: int) -> int:
-        from llava_dpa.training.parts import Part, part_of
-
         return sum(p.numel() for n, p in self.model.named_parameters()
                    if (part_of(n) is Part.PROJECTOR if stage == 1 else part_of(n) is not Part.PERCEIVER_LM_HEAD))
 
@@ -264,9 +264,7 @@ def _median(runs: list) -> dict:
 
 def analytic(pipelines: dict, configs: dict | None) -> dict | None:
     """FLOP ratios DPA / baseline for the pair's configuration, when its towers are Qwen2.5-VL ones."""
-    from llava_dpa.analysis.flops import training_flops
 
-    from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 
     dpa, base = pipelines["DPA"], pipelines["baseline"]
     tower = dpa.tower
@@ -303,7 +301,6 @@ def run(args) -> int:
     if args.preset:
         if args.dpa or args.baseline:
             raise ValueError("give either --preset or --dpa/--baseline checkpoints, not both")
-        from llava_dpa.analysis.bench_models import build_pair, describe
 
         workdir = tempfile.TemporaryDirectory(prefix="llava-dpa-bench-")
         built = build_pair(args.preset, args.scale, workdir.name, args.image_size, dtype, args.seed, args.perceiver)
@@ -378,27 +375,3 @@ def print_report(report: dict) -> None:
             r = report["seconds"][name][op]
             print(f"{op + ' ' + name:24s}" + "".join(f"{r['components'][c]:11.4f}" for c in (*COMPONENTS, "rest"))
                   + f"{r['seconds']:11.4f}")
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="prefill / decode / train-step cost of DPA vs its baseline: measured, analytic")
-    p.add_argument("--preset", default=None, help="target preset (qwen3-4b, qwen3-32b) built with random weights")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="--preset: shrink widths, heads and depths by this factor (e.g. 0.25 on a CPU)")
-    p.add_argument("--perceiver", default="llava", help="--preset: the perceiver's form, llava (the paper's, on "
-                   "tiles) or qwen-vl (the official release's, whole images at native resolution, both models)")
-    p.add_argument("--dpa", default=None, help="a DPA checkpoint")
-    p.add_argument("--baseline", default=None, help="its controlled baseline checkpoint")
-    p.add_argument("--model-base", default=None)
-    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
-    p.add_argument("--image-size", type=int, default=448,
-                   help="the synthetic image's side: --preset's ViT tile, and the whole image for native-resolution towers")
-    p.add_argument("--text-tokens", type=int, default=256)
-    p.add_argument("--decode-steps", type=int, default=32)
-    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="the operations to time (default: all)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=None, help="also write the results as JSON here")
-    p.set_defaults(func=run)

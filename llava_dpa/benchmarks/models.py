@@ -16,6 +16,11 @@ from pathlib import Path
 import torch
 
 from llava_dpa.analysis.cost import PRESETS
+from llava_dpa.convert.perceiver import make_perceiver, make_qwen_vl_perceiver
+from llava_dpa.llava_integration.assemble import assemble
+from llava_dpa.perceiver.tower import DPA_PREFIX
+from llava_dpa.zoo.data import corpus_lines
+from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
 
 
 def _multiple(value: float, unit: int) -> int:
@@ -98,8 +103,6 @@ def write_components(configs: dict, folder: str | Path, image_size: int = 448, d
                      device: str = "cpu") -> dict:
     """The component folders with random weights: {"vit", "perceiver_lm", "target"} -> path. `configs` is
     `scaled_presets`' form; the target must be a Qwen3 (the tiny tokenizer is Qwen3's format)."""
-    from llava_dpa.zoo.data import corpus_lines
-    from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
 
     if configs["target"]["model_type"] != "qwen3":
         raise ValueError("the bench builds Qwen3 targets (its tiny tokenizer is Qwen3's format)")
@@ -115,7 +118,6 @@ def write_components(configs: dict, folder: str | Path, image_size: int = 448, d
 def make_perceiver_of(components: dict, configs: dict, folder: str | Path, perceiver: str = "llava",
                       seed: int = 0) -> str:
     """The perceiver VLM of the components in `folder`, in the given form; returns the --vision_tower value."""
-    from llava_dpa.perceiver.compose import make_perceiver, make_qwen_vl_perceiver
 
     if perceiver not in PERCEIVERS:
         raise ValueError(f"--perceiver {perceiver!r}: choose from {', '.join(PERCEIVERS)}")
@@ -126,7 +128,6 @@ def make_perceiver_of(components: dict, configs: dict, folder: str | Path, perce
     head_dim = configs["perceiver_lm"].get("head_dim", 128)
     make_qwen_vl_perceiver(str(components["vit"]), str(components["perceiver_lm"]), str(folder), seed=seed,
                            mrope_section=[head_dim // 8, head_dim * 3 // 16, head_dim * 3 // 16])
-    from llava_dpa.perceiver.tower import DPA_PREFIX
 
     return DPA_PREFIX + str(folder)
 
@@ -138,7 +139,6 @@ def assemble_pair(components: dict, configs: dict, folder: str | Path, dtype=tor
     {"DPA", "baseline", "tower"}."""
     from transformers import AutoTokenizer
 
-    from llava_dpa.llava_integration.assemble import assemble
 
     root = Path(folder)
     tower = tower or make_perceiver_of(components, configs, root / "perceiver", perceiver, seed)

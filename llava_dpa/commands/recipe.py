@@ -74,6 +74,8 @@ def resolved_arguments(argv: list[str]) -> dict:
     transformers' default)."""
     import transformers
 
+    # Lazy: LLaVA's training arguments import peft and with it bitsandbytes (3 s at every `llava-dpa` start);
+    # only `recipe show` reads them.
     from llava_dpa.training.run_config import DataArguments, ModelArguments, TrainingArguments, decide_stage
 
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))

@@ -21,10 +21,12 @@ import time
 
 import torch
 
+from llava_dpa.benchmarks.models import build_pair, describe, run_environment
+from llava_dpa.benchmarks.throughput import _DTYPES, Pipeline, _sync
+from llava_dpa.towers.base import VisionTower
+
 
 def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]:
-    from llava_dpa.analysis.bench import _sync
-
     # activations only: each storage once (ops share saved inputs), the weights themselves not counted
     weights = {p.untyped_storage().data_ptr() for p in pipeline.model.parameters()}
     storages = {}
@@ -56,10 +58,6 @@ def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]
 
 
 def run(args) -> int:
-    from llava_dpa.analysis.bench import _DTYPES, Pipeline
-    from llava_dpa.analysis.bench_models import build_pair, describe, run_environment
-    from llava_dpa.towers.base import VisionTower
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="llava-dpa-bench-frozen-") as tmp:
         built = build_pair(args.preset, args.scale, tmp, args.image_size, _DTYPES[args.dtype], args.seed)
@@ -100,11 +98,3 @@ def run(args) -> int:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
     return 0
-
-
-def register(sub) -> None:
-    from llava_dpa.analysis.bench_models import add_step_bench_arguments
-
-    p = sub.add_parser("bench-frozen", help="a frozen tower's cost in a training step, with and without no_grad")
-    add_step_bench_arguments(p, scale=0.1, text_tokens=256, repeats=3)
-    p.set_defaults(func=run)

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import json
 
+from llava_dpa.analysis import cka_maps, mir_probe, update_report
+from llava_dpa.analysis.cost import sizes
+from llava_dpa.analysis.flops import training_flops
+from llava_dpa.analysis.update_report import DEFAULTS
+
 
 def _probe_args(p) -> None:
     p.add_argument("checkpoint", nargs="+", help="checkpoint folder(s): DPA, baseline or perceiver VLM")
@@ -19,27 +24,18 @@ def _probe_args(p) -> None:
 
 
 def _mir(args):
-    from llava_dpa.analysis import mir_probe
-
     return mir_probe.run(args)
 
 
 def _cka(args):
-    from llava_dpa.analysis import cka_maps
-
     return cka_maps.run(args)
 
 
 def _updates(args):
-    from llava_dpa.analysis import update_report
-
     return update_report.run(args)
 
 
 def _cost(args):
-    from llava_dpa.analysis.cost import sizes
-    from llava_dpa.analysis.flops import training_flops
-
     s = sizes(args.target, perceiver_lm=args.perceiver_lm)
     f = training_flops(args.target, args.perceiver_lm, image_size=args.image_size, tiles=args.tiles,
                        text_tokens=args.text_tokens)
@@ -79,7 +75,6 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=2048, help="tokens sampled per modality")
     p.set_defaults(func=_cka)
 
-    from llava_dpa.analysis.update_report import DEFAULTS
 
     p = tools.add_parser("updates", help="update density and intrusion dimension vs the base LLM (Table 10)")
     p.add_argument("--base", required=True, help="the base LLM folder")

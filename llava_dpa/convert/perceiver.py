@@ -14,14 +14,25 @@ from types import SimpleNamespace
 
 import torch
 
+from llava_dpa.data.tokenization import load_tokenizer
+from llava_dpa.language_models import target_class_for
+from llava_dpa.loading import load_pretrained_model
+from llava_dpa.official.importer import OFFICIAL_PIXELS
+from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
+from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS
+from llava_dpa.projectors.official import adopt_pretrained_merger
+from llava_dpa.templates import infer_conv_mode
+from llava_dpa.towers import weights as W
+from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
+from llava_dpa.training.parts import Part, part_of
+from llava_dpa.training.saving import load_projector_state
+
 
 def make_perceiver(vision: str, language_model: str, output: str, projector: str = "mlp2x_gelu",
                    version: str | None = None, select_layer: int = -1, seed: int = 0, random_lm_init: bool = False,
                    projector_weights: str | None = None) -> Path:
     from transformers import AutoConfig, AutoTokenizer
 
-    from llava_dpa.language_models import target_class_for
-    from llava_dpa.templates import infer_conv_mode
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):
@@ -38,12 +49,8 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(model_args)
     if not projector_weights and projector == "qwen_merger":
-        from llava_dpa.projectors.official import adopt_pretrained_merger
-
         print(adopt_pretrained_merger(model))
     if projector_weights:
-        from llava_dpa.training.saving import load_projector_state
-
         load_projector_state(model, projector_weights)
     tower = model.get_vision_tower()
     for key, value in tower.config_entries().items():
@@ -66,7 +73,6 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
 def reinitialise_perceiver_lm(perceiver: str, output: str, seed: int = 0) -> Path:
     """A trained perceiver with its LM blocks re-initialised; its ViT and projector keep their trained weights
     (Table 4 "w/o perceiver LM pre-training", read as Section 4.2 states its ablations: from the 1M perceiver)."""
-    from llava_dpa.loading import load_pretrained_model, load_tokenizer
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):
@@ -87,7 +93,6 @@ def reinitialise_language_model(model, seed: int) -> None:
     built from the config supplies them, and only the language-model part is copied, so the ViT and the
     projector keep theirs. (transformers 5's _init_weights skips parameters already loaded, so re-running it
     on the loaded model would change nothing.)"""
-    from llava_dpa.training.parts import Part, part_of
 
     torch.manual_seed(seed)
     fresh = type(model)(model.config)
@@ -103,11 +108,6 @@ def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: 
     pretrained merger's, pretrained otherwise) and a Qwen3 LM with sectioned M-RoPE."""
     from safetensors.torch import save_file
 
-    from llava_dpa.loading import load_tokenizer
-    from llava_dpa.official.importer import OFFICIAL_PIXELS
-    from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
-    from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS
-    from llava_dpa.towers import weights as W
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):
@@ -144,7 +144,6 @@ def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: 
             "origin": {"vision": vision, "language_model": language_model, "seed": seed}}
     torch.manual_seed(seed)
     model = QwenVLPerceiver(spec)
-    from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 
     visual = W.select_submodule_state(W.load_state_dict(vision), model.visual, Qwen2_5_VLTower.checkpoint_prefixes, vision)
     keep_mlp = pretrained_width == lm_config["hidden_size"]
@@ -163,35 +162,3 @@ def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: 
     print(f"merger MLP: {'pretrained' if keep_mlp else 'randomly initialised'} (ViT merger width {pretrained_width}, "
           f"LM width {lm_config['hidden_size']}); rotary theta {theta:g}, mrope_section {list(section)}")
     return out
-
-
-def register(sub) -> None:
-    p = sub.add_parser("make-perceiver", help="compose an untrained perceiver VLM from a ViT and an LM")
-    p.add_argument("--vision", required=True, help="ViT folder (CLIP, SigLIP, SigLIP2, Qwen2.5-VL vision)")
-    p.add_argument("--language-model", required=True, help="LM folder, e.g. Qwen3-0.6B")
-    p.add_argument("--output", required=True)
-    p.add_argument("--projector", default="mlp2x_gelu", help="LLaVA projector type (default mlp2x_gelu)")
-    p.add_argument("--version", default=None, help="the perceiver's template (default: its LM family's)")
-    p.add_argument("--select-layer", type=int, default=-1, help="ViT feature layer (-1 for Qwen2.5-VL)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--random-lm-init", action="store_true", help="re-initialise the LM blocks (ablation)")
-    p.add_argument("--projector-weights", default=None, help="a stage-1 mm_projector.bin to load into the projector")
-    p.add_argument("--native", action="store_true",
-                   help="a Qwen-VL-native perceiver (the official release's: merger MLP at the LM width, M-RoPE LM); "
-                        "use it as --vision_tower dpa:OUTPUT")
-    p.add_argument("--rope-theta", type=float, default=None, help="--native: the perceiver LM's rotary base (default: its own)")
-    p.add_argument("--mrope-section", type=int, nargs=3, default=None, help="--native: for a vision-only ViT config")
-
-    def compose(a):
-        if a.native:
-            return print(make_qwen_vl_perceiver(a.vision, a.language_model, a.output, a.seed, a.rope_theta, a.mrope_section))
-        print(make_perceiver(a.vision, a.language_model, a.output, a.projector, a.version, a.select_layer, a.seed,
-                             a.random_lm_init, a.projector_weights))
-
-    p.set_defaults(func=compose)
-
-    p = sub.add_parser("reinit-perceiver-lm", help="a trained perceiver with its LM blocks re-initialised (ablation)")
-    p.add_argument("perceiver", help="a trained perceiver VLM folder")
-    p.add_argument("--output", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: print(reinitialise_perceiver_lm(a.perceiver, a.output, a.seed)))

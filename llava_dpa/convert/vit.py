@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from llava_dpa.llava_integration.tower_registry import build_vision_tower
+from llava_dpa.perceiver.tower import PerceiverTower
+from llava_dpa.towers.weights import read_config_dict
+
 
 def _vit_of(checkpoint: str):
-    from llava_dpa.perceiver.tower import PerceiverTower
-    from llava_dpa.towers.registry import build_vision_tower
-    from llava_dpa.towers.weights import read_config_dict
-
     config = read_config_dict(checkpoint)
     if "mm_vision_tower" not in config:
         raise ValueError(f"{checkpoint} is neither a perceiver VLM nor a DPA checkpoint (no mm_vision_tower in its config)")
@@ -42,10 +42,3 @@ def extract_vit(checkpoint: str, output: str) -> Path:
     vit.vision_tower.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(vit.processor_dict, indent=1))
     return out
-
-
-def register(sub) -> None:
-    p = sub.add_parser("extract-vit", help="write a perceiver's ViT (fine-tuned) as a plain tower checkpoint")
-    p.add_argument("checkpoint", help="a perceiver VLM folder or a DPA checkpoint")
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=lambda a: print(extract_vit(a.checkpoint, a.output)))

@@ -16,11 +16,11 @@ import tempfile
 
 import torch
 
+from llava_dpa.benchmarks.models import build_pair, describe, run_environment
+from llava_dpa.benchmarks.throughput import _DTYPES, Pipeline, measure
+
 
 def run(args) -> int:
-    from llava_dpa.analysis.bench import _DTYPES, Pipeline, measure
-    from llava_dpa.analysis.bench_models import build_pair, describe, run_environment
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = _DTYPES[args.dtype]
     with tempfile.TemporaryDirectory(prefix="llava-dpa-bench-cache-") as tmp:
@@ -46,11 +46,3 @@ def run(args) -> int:
         with open(args.output, "w") as f:
             json.dump(report, f, indent=1)
     return 0
-
-
-def register(sub) -> None:
-    from llava_dpa.analysis.bench_models import add_step_bench_arguments
-
-    p = sub.add_parser("bench-cache", help="stage-1 step time of DPA and its baseline, towers live and cached")
-    add_step_bench_arguments(p, scale=0.25, text_tokens=361, repeats=7)
-    p.set_defaults(func=run)
