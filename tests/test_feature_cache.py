@@ -6,7 +6,7 @@ import pytest
 
 from conftest import in_process_logged, losses, train_cmd
 from llava_dpa.cli import main
-from llava_dpa.training.run_config import RunConfigError
+from llava_dpa.training.errors import RunConfigError
 from llava_dpa.training.train import train
 
 

@@ -156,7 +156,8 @@ def test_selection_and_bad_input(zoo, tmp_path):
     (["--perceiver_instruction_context", "True"], "--perceiver_instruction_context"),
 ])
 def test_qwen_vl_perceiver_refuses_tiling_flags(zoo, tmp_path, flags, message):
-    from llava_dpa.training.run_config import RunConfigError, parse_run_config
+    from llava_dpa.training.errors import RunConfigError
+    from llava_dpa.training.resolution import parse_run_config
 
     argv = ["--model_name_or_path", zoo["qwen3_lm"], "--vision_tower", "dpa:" + zoo["native_perceiver"], "--version",
             "qwen_3", "--data_path", zoo["stage2_data"], "--output_dir", str(tmp_path / "o"), "--stage", "2"] + flags

@@ -4,7 +4,7 @@ that the resume would trust."""
 import pytest
 
 from conftest import PY, REPO, in_process, in_process_logged, losses, run, train_cmd
-from llava_dpa.training.run_config import RunConfigError
+from llava_dpa.training.errors import RunConfigError
 
 # llava's real entry point with a hook that kills the process (no cleanup) at a step, or inside the
 # RNG-state write of a given checkpoint save.

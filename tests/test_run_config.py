@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from llava_dpa.training import run_config as rc
-from llava_dpa.training.run_config import RunConfigError, Stage, TowerKind
+from llava_dpa.training import model_config, resolution, run_record
+from llava_dpa.training.errors import RunConfigError
+from llava_dpa.training.run_config import TowerKind
+from llava_dpa.training.stage import Stage
 
 pytestmark = pytest.mark.fast
 
@@ -26,7 +28,7 @@ def parse(tmp_path, *flags, tower=None):
             "--data_path", "d.json", "--report_to", "none"]
     if tower:
         argv += ["--vision_tower", tower]
-    return rc.parse_run_config(argv + list(flags))
+    return resolution.parse_run_config(argv + list(flags))
 
 
 def test_the_stage_is_decided_once_and_llava_flags_keep_their_meaning(tmp_path, towers):
@@ -119,17 +121,17 @@ def test_model_config_entries_come_from_one_function(tmp_path, towers):
 
     run = parse(tmp_path, "--stage", "1", "--image_aspect_ratio", "anyres", "--image_grid_pinpoints", "[(32, 64)]",
                 tower=towers["perceiver"])
-    before = rc.model_config_entries(run)
+    before = model_config.model_config_entries(run)
     assert before["training_stage"] == 1 and before["tune_mm_mlp_adapter"] is True
     assert before["image_grid_pinpoints"] == [[32, 64]] and before["conv_version"] == "qwen_3"
-    after = rc.model_config_entries(run, Tower())
+    after = model_config.model_config_entries(run, Tower())
     assert after["mm_perceiver_prefix_ids"] == [1, 2] and after["perceiver_aux_loss_weight"] == 0.0
     assert set(before) < set(after)
 
 
 def test_run_config_json_holds_arguments_stage_versions_and_patches(tmp_path, towers):
     run = parse(tmp_path, "--learning_rate", "1e-3", "--stage", "1", tower=towers["vit"])
-    path = rc.write_run_config(run)
+    path = run_record.write_run_config(run)
     saved = json.loads(open(path).read())
     assert saved["stage"] == 1 and saved["stage_name"] == "alignment"
     assert saved["arguments"]["training"]["learning_rate"] == 1e-3
@@ -144,21 +146,21 @@ def test_resume_refuses_a_changed_model_or_data_setting_and_allows_batch_and_pat
     base = ["--learning_rate", "1e-3", "--per_device_train_batch_size", "8"]
     first = parse(tmp_path, *base, tower=towers["vit"])
     checkpoint = tmp_path / "checkpoint-4"
-    rc.write_run_config(first, str(checkpoint))
+    run_record.write_run_config(first, str(checkpoint))
     # batch size, accumulation, paths and logging may change
-    rc.check_resume(parse(tmp_path, "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
+    run_record.check_resume(parse(tmp_path, "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
                           "--gradient_accumulation_steps", "4", "--data_path", "moved.json", "--logging_steps", "7",
                           tower=towers["vit"]), str(checkpoint))
     with pytest.raises(RunConfigError, match=r"--learning_rate: 0\.001 -> 0\.002"):
-        rc.check_resume(parse(tmp_path, "--learning_rate", "2e-3", tower=towers["vit"]), str(checkpoint))
+        run_record.check_resume(parse(tmp_path, "--learning_rate", "2e-3", tower=towers["vit"]), str(checkpoint))
     with pytest.raises(RunConfigError, match=r"stage: 2 -> 1"):
-        rc.check_resume(parse(tmp_path, *base, "--stage", "1", tower=towers["vit"]), str(checkpoint))
+        run_record.check_resume(parse(tmp_path, *base, "--stage", "1", tower=towers["vit"]), str(checkpoint))
     with pytest.raises(RunConfigError, match=r"--model_max_length"):
-        rc.check_resume(parse(tmp_path, *base, "--model_max_length", "99", tower=towers["vit"]), str(checkpoint))
+        run_record.check_resume(parse(tmp_path, *base, "--model_max_length", "99", tower=towers["vit"]), str(checkpoint))
     # a setting only one transformers version has is not a difference
     saved = json.loads((checkpoint / "run_config.json").read_text())
     saved["arguments"]["training"]["a_field_of_another_version"] = 1
-    assert rc.resume_differences(saved, first.to_json()) == []
+    assert run_record.resume_differences(saved, first.to_json()) == []
 
 
 def test_llava_script_flags_are_translated_without_rewriting_argv(tmp_path, towers):

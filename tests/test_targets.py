@@ -49,7 +49,7 @@ def test_bf16_run_puts_the_tower_in_the_compute_dtype(zoo, tmp_path):
 def test_llava_script_flags_are_translated_for_current_transformers(tmp_path):
     import transformers
 
-    from llava_dpa.training.run_config import TrainingArguments
+    from llava_dpa.training.flags import TrainingArguments
 
     parser = transformers.HfArgumentParser(TrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(args=["--evaluation_strategy", "no", "--tf32", "True", "--bf16", "True",

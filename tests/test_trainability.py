@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from llava_dpa.training import run_config as rc
+from llava_dpa.training import resolution
 from llava_dpa.training.optim import parameter_groups
 from llava_dpa.training.parts import Part, part_of
 from llava_dpa.training.trainability import (Mode, apply_trainability, lora_target_modules, trainability_plan,
@@ -49,7 +49,7 @@ def towers(tmp_path_factory):
 
 
 def run_of(tmp_path, tower, *flags):
-    return rc.parse_run_config(["--model_name_or_path", "lm", "--output_dir", str(tmp_path), "--version", "qwen_3",
+    return resolution.parse_run_config(["--model_name_or_path", "lm", "--output_dir", str(tmp_path), "--version", "qwen_3",
                                 "--vision_tower", tower, "--report_to", "none", *flags])
 
 
@@ -64,36 +64,40 @@ def test_every_parameter_name_maps_to_its_part():
         is Part.PERCEIVER_LM
 
 
+def plan_of(run):
+    return trainability_plan(run.choices)
+
+
 def trains(plan):
     return {p.value for p, m in plan.items() if m is not Mode.FROZEN}
 
 
 def test_stage1_trains_the_projector_only(tmp_path, towers):
-    assert trains(trainability_plan(run_of(tmp_path, towers["vit"], "--stage", "1"))) == {"projector"}
-    assert trains(trainability_plan(run_of(tmp_path, towers["perceiver"], "--stage", "1"))) == {"projector"}
+    assert trains(plan_of(run_of(tmp_path, towers["vit"], "--stage", "1"))) == {"projector"}
+    assert trains(plan_of(run_of(tmp_path, towers["perceiver"], "--stage", "1"))) == {"projector"}
     # a stage-1 auxiliary loss must reach the perceiver, so the perceiver trains with it
-    plan = trainability_plan(run_of(tmp_path, towers["perceiver"], "--stage", "1", "--perceiver_aux_loss_weight", "1",
+    plan = plan_of(run_of(tmp_path, towers["perceiver"], "--stage", "1", "--perceiver_aux_loss_weight", "1",
                                     "--perceiver_aux_loss_stages", "1"))
     assert trains(plan) == {"projector", "perceiver_vit", "perceiver_projector", "perceiver_lm", "perceiver_lm_head"}
 
 
 def test_stage2_trains_everything_the_paper_says(tmp_path, towers):
-    assert trains(trainability_plan(run_of(tmp_path, towers["vit"]))) == {"language_model", "projector", "image_newline"}
-    assert "vision_tower" in trains(trainability_plan(run_of(tmp_path, towers["vit"], "--unfreeze_mm_vision_tower", "True")))
-    dpa = trainability_plan(run_of(tmp_path, towers["perceiver"]))
+    assert trains(plan_of(run_of(tmp_path, towers["vit"]))) == {"language_model", "projector", "image_newline"}
+    assert "vision_tower" in trains(plan_of(run_of(tmp_path, towers["vit"], "--unfreeze_mm_vision_tower", "True")))
+    dpa = plan_of(run_of(tmp_path, towers["perceiver"]))
     assert trains(dpa) == {"language_model", "projector", "image_newline", "perceiver_vit", "perceiver_projector",
                            "perceiver_lm"}  # the LM head is unused by the features
-    aux = trainability_plan(run_of(tmp_path, towers["perceiver"], "--perceiver_aux_loss_weight", "1"))
+    aux = plan_of(run_of(tmp_path, towers["perceiver"], "--perceiver_aux_loss_weight", "1"))
     assert aux[Part.PERCEIVER_LM_HEAD] is Mode.FULL
-    frozen = trainability_plan(run_of(tmp_path, towers["perceiver"], "--freeze_perceiver", "True"))
+    frozen = plan_of(run_of(tmp_path, towers["perceiver"], "--freeze_perceiver", "True"))
     assert trains(frozen) == {"language_model", "projector", "image_newline"}
-    assert trains(trainability_plan(run_of(tmp_path, towers["vit"], "--freeze_backbone", "True"))) == \
+    assert trains(plan_of(run_of(tmp_path, towers["vit"], "--freeze_backbone", "True"))) == \
         {"projector", "image_newline"}
-    assert "projector" not in trains(trainability_plan(run_of(tmp_path, towers["vit"], "--freeze_mm_mlp_adapter", "True")))
+    assert "projector" not in trains(plan_of(run_of(tmp_path, towers["vit"], "--freeze_mm_mlp_adapter", "True")))
 
 
 def test_lora_parts_train_through_their_adapters(tmp_path, towers):
-    plan = trainability_plan(run_of(tmp_path, towers["perceiver"], "--lora_enable", "True", "--lora_parts",
+    plan = plan_of(run_of(tmp_path, towers["perceiver"], "--lora_enable", "True", "--lora_parts",
                                     "language_model", "perceiver_vit", "perceiver_lm"))
     assert plan[Part.LANGUAGE_MODEL] is Mode.LORA and plan[Part.PERCEIVER_VIT] is Mode.LORA
     assert plan[Part.PERCEIVER_LM] is Mode.LORA and plan[Part.PERCEIVER_PROJECTOR] is Mode.FULL

@@ -76,7 +76,8 @@ def resolved_arguments(argv: list[str]) -> dict:
 
     # Lazy: LLaVA's training arguments import peft and with it bitsandbytes (3 s at every `llava-dpa` start);
     # only `recipe show` reads them.
-    from llava_dpa.training.run_config import DataArguments, ModelArguments, TrainingArguments, decide_stage
+    from llava_dpa.training.flags import DataArguments, ModelArguments, TrainingArguments
+    from llava_dpa.training.resolution import decide_stage
 
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     namespace, _ = parser.parse_known_args(argv)

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 import torch
 
+from llava_dpa.data.native_resolution import OFFICIAL_PIXEL_LIMITS
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.language_models import target_class_for
 from llava_dpa.loading import load_pretrained_model
-from llava_dpa.official.importer import OFFICIAL_PIXELS
 from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS
 from llava_dpa.projectors.official import adopt_pretrained_merger
@@ -157,7 +157,7 @@ def make_qwen_vl_perceiver(vision: str, language_model: str, output: str, seed: 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps(spec, indent=1))
-    (out / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXELS))
+    (out / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXEL_LIMITS))
     tokenizer.save_pretrained(out)
     print(f"merger MLP: {'pretrained' if keep_mlp else 'randomly initialised'} (ViT merger width {pretrained_width}, "
           f"LM width {lm_config['hidden_size']}); rotary theta {theta:g}, mrope_section {list(section)}")

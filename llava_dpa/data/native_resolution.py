@@ -18,6 +18,10 @@ import torch
 
 DEFAULT_MIN_PIXELS = 56 * 56
 OFFICIAL_MAX_PIXELS = 262_144
+# What the official release's perceiver checkpoints record (preprocessor_config.json)
+OFFICIAL_PIXEL_LIMITS = {"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": OFFICIAL_MAX_PIXELS}
+# Qwen2-VL's image processor writes this max_pixels when none was chosen; a recorded value equal to it means unset.
+QWEN_PROCESSOR_DEFAULT_MAX_PIXELS = 12_845_056
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 

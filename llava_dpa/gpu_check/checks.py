@@ -43,7 +43,7 @@ from llava_dpa.towers.base import VisionTower
 from llava_dpa.towers.weights import read_config_dict
 from llava_dpa.training import train as train_module
 from llava_dpa.training.parts import part_of
-from llava_dpa.training.run_config import Stage
+from llava_dpa.training.stage import Stage
 from llava_dpa.training.trainer import DPATrainer
 
 #: forward: bf16 logits against fp32 logits, relative L2 error per row (||bf16 - fp32|| / ||fp32||)

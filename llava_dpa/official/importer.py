@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from llava_dpa.data.native_resolution import OFFICIAL_PIXEL_LIMITS
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.llava_integration.assemble import assemble
 from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
@@ -37,7 +38,6 @@ from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 MERGED_TYPE = "forward_visual_tokens_llava_arch"
 SPLIT_PERCEIVER_TYPE = "llava_baseline"
 #: the official training's image limits (PT/SFT scripts line 14; Qwen2-VL's min_pixels)
-OFFICIAL_PIXELS = {"min_pixels": 3136, "max_pixels": 262_144}
 QWEN2_CONFIG_DEFAULTS = {"rope_theta": 10000.0, "hidden_size": 4096, "num_attention_heads": 32}
 
 
@@ -214,7 +214,7 @@ def import_official(src: str, output: str, *, vit_config: str | None = None, per
         pdir.mkdir()
         pstate = source["perceiver"]  # visual.*, language_model.* (and, unused, nothing else)
         (pdir / "config.json").write_text(json.dumps(spec, indent=1))
-        (pdir / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXELS))
+        (pdir / "preprocessor_config.json").write_text(json.dumps(OFFICIAL_PIXEL_LIMITS))
         p_tok.save_pretrained(pdir)
 
         check = QwenVLPerceiver(spec)

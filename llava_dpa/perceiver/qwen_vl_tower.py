@@ -28,7 +28,13 @@ from pathlib import Path
 
 import torch
 
-from llava_dpa.data.native_resolution import NativeResolutionProcessor, merged_counts, patches_and_grids, whole_images
+from llava_dpa.data.native_resolution import (
+    QWEN_PROCESSOR_DEFAULT_MAX_PIXELS,
+    NativeResolutionProcessor,
+    merged_counts,
+    patches_and_grids,
+    whole_images,
+)
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX, load_tokenizer
 from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.instruction import _ROLE, turn_end_ids
@@ -79,7 +85,7 @@ class QwenVLPerceiverTower(VisionTower):
         return {"resolution": "native", "patch_size": vision.get("patch_size", 14),
                 "merge_size": vision.get("spatial_merge_size", 2),
                 "min_pixels": low or found.get("min_pixels") or (found.get("size") or {}).get("shortest_edge"),
-                "max_pixels": high or (found.get("max_pixels") if found.get("max_pixels") != 12845056 else None),
+                "max_pixels": high or (found.get("max_pixels") if found.get("max_pixels") != QWEN_PROCESSOR_DEFAULT_MAX_PIXELS else None),
                 "image_mean": found.get("image_mean"), "image_std": found.get("image_std")}
 
     # ---- construction --------------------------------------------------------------------------------

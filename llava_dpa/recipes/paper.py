@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
 
+from llava_dpa.data.native_resolution import OFFICIAL_MAX_PIXELS
+
 
 def sourced(default, source: str):
     """A hyperparameter with where it comes from."""
@@ -355,7 +357,7 @@ class OfficialPipelineBaseline(Recipe):
     image_grid_pinpoints: tuple = sourced((), "official release: no tiles")
     patch_merge: str = sourced("flat", "official release: no image_newline")
     projector: str = sourced("qwen_merger", "official modeling_llava_baseline.py 559-570 (merger MLP at the LLM width)")
-    max_pixels: Optional[int] = sourced(262_144, "official PT_DPA_4node.sh / SFT_DPA_4node.sh line 14 (MAX_PIXELS)")
+    max_pixels: Optional[int] = sourced(OFFICIAL_MAX_PIXELS, "official PT_DPA_4node.sh / SFT_DPA_4node.sh line 14 (MAX_PIXELS)")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ from llava_dpa.recipes.paper import (
     get,
 )
 from llava_dpa.recipes.settings import Settings
+from llava_dpa.training.parts import parse_parts
+from llava_dpa.training.stage import Stage, aux_loss_weight_in
+from llava_dpa.training.trainability import TrainingChoices, tower_trains, trainability_plan
 
 
 class RecipeError(ValueError):
@@ -69,6 +72,15 @@ def tower_path(entry: Recipe, settings: Settings) -> str:
     if isinstance(tower, QwenVLPerceiverAt):
         return DPA_PREFIX + settings.path(tower.path_key)
     raise RecipeError(f"{entry.name}: unknown tower {tower!r}")
+
+
+def choices_of(entry: Recipe, stage: Stage) -> TrainingChoices:
+    """What trains in this entry's `stage`, as the run's own flags will say (`trainability.trainability_plan`)."""
+    return TrainingChoices(stage=stage, perceiver=not is_vit(entry),
+                           aux_loss=bool(aux_loss_weight_in(stage, entry.aux_loss_weight, entry.aux_loss_stages)),
+                           unfreeze_vision_tower=is_vit(entry) and entry.train_vision_tower,
+                           freeze_perceiver=entry.freeze_perceiver,
+                           lora_parts=parse_parts(entry.lora.parts, "lora.parts") if entry.lora is not None else ())
 
 
 def is_vit(entry: Recipe) -> bool:
@@ -156,10 +168,9 @@ def stage_flags(entry: Recipe, stage: int, settings: Settings) -> list[str]:
             "--num_train_epochs", str(entry.stage2_epochs),
             "--gradient_accumulation_steps", str(settings.grad_accumulation(entry.stage2_global_batch)),
             "--model_max_length", str(entry.stage2_max_length), "--group_by_modality_length", "True"]
-        tower_trains = entry.train_vision_tower if is_vit(entry) else not entry.freeze_perceiver
         if is_vit(entry) and entry.train_vision_tower:
             flags += ["--unfreeze_mm_vision_tower", "True"]
-        if tower_trains:
+        if tower_trains(trainability_plan(choices_of(entry, Stage(stage)))):
             flags += ["--mm_vision_tower_lr", str(entry.stage2_vision_lr)]
         if entry.stage2_perceiver_lr is not None:
             flags += ["--perceiver_lr", str(entry.stage2_perceiver_lr)]
@@ -171,7 +182,7 @@ def stage_flags(entry: Recipe, stage: int, settings: Settings) -> list[str]:
             flags += ["--freeze_perceiver", "True"]
         if entry.instruction_context:
             flags += ["--perceiver_instruction_context", "True"]
-    if entry.aux_loss_weight and stage in entry.aux_loss_stages:
+    if aux_loss_weight_in(Stage(stage), entry.aux_loss_weight, entry.aux_loss_stages):
         flags += ["--perceiver_aux_loss_weight", str(entry.aux_loss_weight),
                   "--perceiver_aux_loss_stages", *[str(s) for s in entry.aux_loss_stages]]
     return flags + precision_flags(settings)

@@ -16,7 +16,12 @@ from transformers import CLIPImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from llava_dpa.data.native_resolution import NativeResolutionProcessor, patches_and_grids, whole_images
+from llava_dpa.data.native_resolution import (
+    QWEN_PROCESSOR_DEFAULT_MAX_PIXELS,
+    NativeResolutionProcessor,
+    patches_and_grids,
+    whole_images,
+)
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
 
@@ -66,7 +71,7 @@ class Qwen2_5_VLTower(VisionTower):
             vision = self.tower_config_dict.get("vision_config", self.tower_config_dict)
             return {"resolution": "native", "patch_size": vision.get("patch_size", 14),
                     "merge_size": vision.get("spatial_merge_size", 2), "min_pixels": found.get("min_pixels"),
-                    "max_pixels": found.get("max_pixels") if found.get("max_pixels") != 12845056 else None,
+                    "max_pixels": found.get("max_pixels") if found.get("max_pixels") != QWEN_PROCESSOR_DEFAULT_MAX_PIXELS else None,
                     "image_mean": mean, "image_std": std}
         return {"tile_size": int(found.get("tile_size", 448)), "image_mean": mean, "image_std": std}
 

@@ -18,20 +18,17 @@ from llava_dpa.perceiver.aux_loss import aux_data_for
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
 from llava_dpa.training.distributed import end_process_group
+from llava_dpa.training.errors import RunConfigError
 from llava_dpa.training.mir_callback import MIRCallback
+from llava_dpa.training.model_config import apply_model_config
 from llava_dpa.training.model_setup import apply_lora, cast_for_kbit, ensure_pad_token, load_target
-from llava_dpa.training.run_config import (
-    RunConfig,
-    RunConfigError,
-    Stage,
-    apply_model_config,
-    check_against_tower,
-    check_resume,
-    parse_run_config,
-    write_run_config,
-)
+from llava_dpa.training.resolution import parse_run_config
+from llava_dpa.training.run_config import RunConfig
+from llava_dpa.training.run_record import check_resume, write_run_config
+from llava_dpa.training.stage import Stage
 from llava_dpa.training.trainability import apply_trainability, trainability_table
 from llava_dpa.training.trainer import DPATrainer, SkippedSamplesCallback, complete_checkpoints
+from llava_dpa.training.validation import check_against_tower
 
 logger = logging.getLogger("llava_dpa.train")
 

@@ -1,20 +1,21 @@
 """What trains in a stage: one plan, one function that applies it, one table that shows it.
 
-`trainability_plan(run)` is pure: from the stage and the flags it decides, for every part of the model
-(`training/parts.py`), whether it trains in full, through LoRA adapters only, or not at all.
-`apply_trainability(model, run)` sets `requires_grad` on every parameter from that plan and returns the
-rows of the table printed at the start of training (part, state, parameters, learning rate).
+`trainability_plan(choices)` is pure and the only place that decides what trains: from the stage and the flags
+(`TrainingChoices`) it decides, for every part of the model (`training/parts.py`), whether it trains in full,
+through LoRA adapters only, or not at all. The trainer (`apply_trainability`), the run's validation and the
+registry's renderer all ask it. `apply_trainability(model, run)` sets `requires_grad` on every parameter from that
+plan and returns the rows of the table printed at the start of training (part, state, parameters, learning rate).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
 from llava_dpa.training.parts import PERCEIVER_PARTS, Part, part_of
-from llava_dpa.training.run_config import RunConfig, Stage
+from llava_dpa.training.stage import Stage
 
 
 class Mode(str, Enum):
@@ -23,36 +24,52 @@ class Mode(str, Enum):
     FROZEN = "frozen"
 
 
-def trainability_plan(run: RunConfig) -> dict[Part, Mode]:
-    m = run.model
+@dataclass(frozen=True)
+class TrainingChoices:
+    """The settings that decide what trains, from the run's flags (`RunConfig.choices`) or a registry entry."""
+    stage: Stage
+    perceiver: bool                       # the tower is a DPA perceiver
+    aux_loss: bool = False                # the perceiver's auxiliary loss is on in this stage
+    freeze_backbone: bool = False
+    unfreeze_vision_tower: bool = False
+    freeze_perceiver: bool = False
+    freeze_projector: bool = False
+    lora_parts: tuple[Part, ...] = field(default=())  # empty: no LoRA
+
+
+def trainability_plan(c: TrainingChoices) -> dict[Part, Mode]:
     plan = {part: Mode.FROZEN for part in Part}
-    if run.stage is Stage.ALIGNMENT:
+    if c.stage is Stage.ALIGNMENT:
         plan[Part.PROJECTOR] = Mode.FULL                           # Table 6: stage 1 trains the projection only
-        if run.aux_loss_weight:                                     # a stage-1 auxiliary loss must reach the perceiver
+        if c.aux_loss:                                              # a stage-1 auxiliary loss must reach the perceiver
             plan.update({p: Mode.FULL for p in PERCEIVER_PARTS})
     else:
-        plan[Part.LANGUAGE_MODEL] = Mode.FROZEN if m.freeze_backbone else Mode.FULL
+        plan[Part.LANGUAGE_MODEL] = Mode.FROZEN if c.freeze_backbone else Mode.FULL
         plan[Part.PROJECTOR] = Mode.FULL
         plan[Part.IMAGE_NEWLINE] = Mode.FULL
-        if m.unfreeze_mm_vision_tower:
+        if c.unfreeze_vision_tower:
             plan[Part.VISION_TOWER] = Mode.FULL
-        if run.is_perceiver and not m.freeze_perceiver:            # DPA fine-tunes the whole perceiver in stage 2
+        if c.perceiver and not c.freeze_perceiver:                  # DPA fine-tunes the whole perceiver in stage 2
             plan.update({p: Mode.FULL for p in PERCEIVER_PARTS})
-            if not run.aux_loss_weight:                             # the features never read the LM head
+            if not c.aux_loss:                                      # the features never read the LM head
                 plan[Part.PERCEIVER_LM_HEAD] = Mode.FROZEN
-        if run.training.lora_enable:
-            for part in run.lora_parts:
-                if plan[part] is Mode.FULL or part is Part.LANGUAGE_MODEL:
-                    plan[part] = Mode.LORA
-    if run.training.freeze_mm_mlp_adapter:
+        for part in c.lora_parts:
+            if plan[part] is Mode.FULL or part is Part.LANGUAGE_MODEL:
+                plan[part] = Mode.LORA
+    if c.freeze_projector:
         plan[Part.PROJECTOR] = Mode.FROZEN
     return plan
 
 
-def lora_target_modules(model, run: RunConfig) -> list[str]:
+def tower_trains(plan: dict[Part, Mode]) -> bool:
+    """Whether any part of the vision tower or perceiver trains (in full or through LoRA)."""
+    return any(plan[p] is not Mode.FROZEN for p in (Part.VISION_TOWER, *PERCEIVER_PARTS))
+
+
+def lora_target_modules(model, run) -> list[str]:
     """Full names of the nn.Linear modules that get LoRA: those of the parts the plan trains through LoRA,
     never an LM head. (llava matched leaf names such as q_proj, which also hit the towers' layers.)"""
-    parts = {part for part, mode in trainability_plan(run).items() if mode is Mode.LORA}
+    parts = {part for part, mode in trainability_plan(run.choices).items() if mode is Mode.LORA}
     names = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and part_of(name + ".") in parts and not name.endswith("lm_head"):
@@ -75,8 +92,9 @@ class PartRow:
     learning_rate: float | None
 
 
-def apply_trainability(model, run: RunConfig) -> list[PartRow]:
-    plan = trainability_plan(run)
+def apply_trainability(model, run) -> list[PartRow]:
+    """`run`: the RunConfig (its `choices` and per-part learning rates)."""
+    plan = trainability_plan(run.choices)
     counts: dict[Part, list[int]] = {}
     for name, param in model.named_parameters():
         part = part_of(name)

@@ -24,8 +24,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
 from llava_dpa.training.optim import parameter_groups
-from llava_dpa.training.run_config import Stage, write_run_config
+from llava_dpa.training.run_record import write_run_config
 from llava_dpa.training.saving import load_projector_state, save_projector
+from llava_dpa.training.stage import Stage
 
 TRAINER_STATE_NAME = "trainer_state.json"
 STAGING_PREFIX = "tmp-" + PREFIX_CHECKPOINT_DIR
