@@ -42,6 +42,8 @@ from llava_dpa.analysis.flops import training_flops
 from llava_dpa.benchmarks.models import build_pair, describe
 from llava_dpa.llava_integration.inference import conv_mode_for, to_model
 from llava_dpa.loading import load_pretrained_model
+from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
+from llava_dpa.perceiver.tower import PerceiverTower
 from llava_dpa.towers.base import VisionTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 from llava_dpa.training.parts import Part, part_of
@@ -153,10 +155,10 @@ class Pipeline:
     def components(self) -> dict:
         inner, tower = self.model.get_model(), self.tower
         groups = {"projector": [inner.mm_projector], "target": [inner, self.model.lm_head]}
-        if tower.is_perceiver and hasattr(tower.perceiver, "get_model"):  # the LLaVA-format perceiver
+        if isinstance(tower, PerceiverTower):  # the LLaVA-format perceiver
             perceiver = tower.perceiver.get_model()
             groups.update(vit=[tower.vit], perceiver_projector=[perceiver.mm_projector], perceiver_lm=[perceiver])
-        elif tower.is_perceiver:  # the Qwen-VL perceiver: its merger is its projector, inside the ViT
+        elif isinstance(tower, QwenVLPerceiverTower):  # the Qwen-VL perceiver: its merger is its projector, inside the ViT
             groups.update(vit=[tower.perceiver.visual], perceiver_lm=[tower.perceiver.language_model])
         else:
             groups.update(vit=[tower.encoder])
@@ -269,7 +271,7 @@ def analytic(pipelines: dict, configs: dict | None) -> dict | None:
     dpa, base = pipelines["DPA"], pipelines["baseline"]
     tower = dpa.tower
     if configs is None:  # checkpoints: the analytic model covers a Qwen2.5-VL ViT under a LLaVA-format perceiver
-        if not (tower.is_perceiver and hasattr(tower.perceiver, "get_model") and isinstance(tower.vit, Qwen2_5_VLTower)
+        if not (isinstance(tower, PerceiverTower) and isinstance(tower.vit, Qwen2_5_VLTower)
                 and isinstance(base.tower, Qwen2_5_VLTower)):
             return None
         vit = dict(tower.vit.vision_tower.config.to_dict(), model_type="qwen2_5_vl")

@@ -43,8 +43,6 @@ class PerceiverTower(VisionTower):
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
         super().__init__(vision_tower, args, delay_load=delay_load)
-        # The prefix stays a list, made into a tensor where it is used: a non-persistent buffer is not in the
-        # checkpoint, and transformers 5 builds models on the meta device, so it would come back uninitialised.
         layers = self.perceiver.config.num_hidden_layers
         if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
             raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
@@ -63,6 +61,8 @@ class PerceiverTower(VisionTower):
         self.select_layer = getattr(args, "dpa_select_layer", None)
         self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
         recorded = getattr(args, "mm_perceiver_prefix_ids", None)
+        # The prefix stays a list, made into a tensor where it is used: a non-persistent buffer is not in the
+        # checkpoint, and transformers 5 builds models on the meta device, so it would come back uninitialised.
         self.prefix_ids = list(recorded) if recorded is not None else self.read_prefix_ids()
         # the target's template (its turn ends delimit the instruction): LLaVA's flag, or a checkpoint's config
         self.conv_version = getattr(args, "conv_version", None) or getattr(args, "version", None)

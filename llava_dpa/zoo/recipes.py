@@ -1,6 +1,7 @@
 """The registry's recipes on the tiny zoo: the cluster settings and the overrides that make a paper run
-fit a CPU in seconds. Tests and the demo build their commands from the registry with these; nothing else
-spells LLaVA's flags."""
+fit a CPU in seconds. Tests and the demo build their commands from the registry with these. The paper runs' flags
+are spelled by `recipes/render.py` alone; tests/conftest.py's `train_cmd` spells its own for the runs that test
+LLaVA's flags directly (not paper rows)."""
 from __future__ import annotations
 
 import sys
