@@ -22,11 +22,13 @@ def _library_commands():
     # Lazy: `llava-dpa patch-llava` runs on a llava not yet patched, and these
     # commands import llava (through the model classes) when they load.
     from llava_dpa.commands import (analyze, bench, bench_cache, bench_frozen, bench_packing, cache_features,
-                                    eval as eval_command, export_llm, extract_vit, import_official, lmms_task,
-                                    perceiver, projector_budget, recipe, report, score, subset_data, zoo)
+                                    eval as eval_command, export_hf, export_llm, extract_vit, import_official,
+                                    lmms_task, perceiver, projector_budget, recipe, report, score, serve,
+                                    subset_data, zoo)
 
     return [zoo, recipe, eval_command, perceiver, extract_vit, subset_data, projector_budget, report, score, lmms_task,
-            export_llm, analyze, bench, import_official, cache_features, bench_packing, bench_cache, bench_frozen]
+            export_llm, export_hf, serve, analyze, bench, import_official, cache_features, bench_packing, bench_cache,
+            bench_frozen]
 
 
 def main(argv=None) -> int:
