@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO, built_once
+from test_official_pipeline import BASELINE as OFFICIAL_BASELINE
+from test_official_pipeline import official  # noqa: F401  (the official pipeline's trained pair, a fixture)
 
 from llava_dpa.export import hf as export
 
@@ -119,10 +121,7 @@ def checkpoints(request, zoo, tmp_path_factory):
             return built_once(tmp_path_factory, "export_official_import",
                               lambda out: official_checkpoint(out / "ckpt")) / "ckpt", None
         if kind == "official_baseline":
-            from test_official_pipeline import BASELINE
-
-            root = request.getfixturevalue("official")[0]
-            return root / BASELINE, None
+            return request.getfixturevalue("official")[0] / OFFICIAL_BASELINE, None
         raise KeyError(kind)
     return get
 

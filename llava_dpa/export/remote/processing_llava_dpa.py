@@ -93,15 +93,23 @@ class LlavaDpaProcessor:
     @classmethod
     def from_pretrained(cls, folder, **kwargs):
         folder = str(folder)
-        if not os.path.isdir(folder):
-            from huggingface_hub import snapshot_download
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, PROCESSOR_FILE)) as f:
+                settings = json.load(f)
+            perceiver_dir = os.path.join(folder, PERCEIVER_TOKENIZER)
+            perceiver = load_tokenizer(perceiver_dir) if os.path.isdir(perceiver_dir) else None
+            return cls(load_tokenizer(folder), settings, perceiver)
+        # a Hub repository: its files through transformers' own cache
+        from transformers.utils import cached_file
 
-            folder = snapshot_download(folder, revision=kwargs.get("revision"))
-        with open(os.path.join(folder, PROCESSOR_FILE)) as f:
+        hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+        with open(cached_file(folder, PROCESSOR_FILE, **hub)) as f:
             settings = json.load(f)
-        perceiver_dir = os.path.join(folder, PERCEIVER_TOKENIZER)
-        perceiver = load_tokenizer(perceiver_dir) if os.path.isdir(perceiver_dir) else None
-        return cls(load_tokenizer(folder), settings, perceiver)
+        perceiver = None
+        if cached_file(folder, f"{PERCEIVER_TOKENIZER}/tokenizer_config.json", **hub,
+                       _raise_exceptions_for_missing_entries=False):
+            perceiver = AutoTokenizer.from_pretrained(folder, subfolder=PERCEIVER_TOKENIZER, **hub)
+        return cls(AutoTokenizer.from_pretrained(folder, **hub), settings, perceiver)
 
     def save_pretrained(self, folder, **kwargs):
         os.makedirs(folder, exist_ok=True)
