@@ -11,7 +11,8 @@ import llava_dpa  # noqa: F401
 from conftest import TINY_PINPOINTS, tower_outputs_for_questions, train_cmd
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
-from llava_dpa.perceiver.tower import PerceiverError, PerceiverTower
+from llava_dpa.perceiver.base import PerceiverError
+from llava_dpa.perceiver.tower import PerceiverTower
 from llava_dpa.llava_integration.tower_registry import build_vision_tower
 from llava_dpa.training.train import train
 from test_entry_points import chat

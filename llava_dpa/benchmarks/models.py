@@ -18,7 +18,7 @@ import torch
 from llava_dpa.analysis.cost import PRESETS
 from llava_dpa.convert.perceiver import make_perceiver, make_qwen_vl_perceiver
 from llava_dpa.llava_integration.assemble import assemble
-from llava_dpa.perceiver.tower import DPA_PREFIX
+from llava_dpa.perceiver.base import DPA_PREFIX
 from llava_dpa.zoo.data import corpus_lines
 from llava_dpa.zoo.tokenizers import qwen3_style_tokenizer
 

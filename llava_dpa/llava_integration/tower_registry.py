@@ -11,7 +11,8 @@ import os
 
 from llava_dpa.perceiver.qwen_vl import SPEC_TYPE as QWEN_VL_SPEC_TYPE
 from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
-from llava_dpa.perceiver.tower import DPA_PREFIX, PerceiverTower, strip_prefix
+from llava_dpa.perceiver.base import DPA_PREFIX, strip_prefix
+from llava_dpa.perceiver.tower import PerceiverTower
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower

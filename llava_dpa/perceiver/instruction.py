@@ -22,7 +22,7 @@ import torch
 
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 
-_ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.S)
+ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.S)
 
 
 def turn_end_ids(tokenizer, version: str | None) -> set[int]:
@@ -56,7 +56,7 @@ def image_turn_texts(input_ids: torch.Tensor, attention_mask, tokenizer, ends: s
             end = next((i for i in range(pos, len(ids)) if ids[i] in ends), len(ids))
             turn = [t for t in ids[start:end] if t >= 0]
             text = tokenizer.decode(turn, skip_special_tokens=True)
-            texts.append(_ROLE.sub("", text, count=1).strip())
+            texts.append(ROLE.sub("", text, count=1).strip())
     return texts
 
 

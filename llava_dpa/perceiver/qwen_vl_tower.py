@@ -23,8 +23,6 @@ target, its empty think block), where the official perceiver renders it without 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import torch
 
@@ -37,12 +35,11 @@ from llava_dpa.data.native_resolution import (
 )
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX, load_tokenizer
 from llava_dpa.perceiver.buckets import perceiver_buckets
-from llava_dpa.perceiver.instruction import _ROLE, turn_end_ids
+from llava_dpa.perceiver.instruction import ROLE, turn_end_ids
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
-from llava_dpa.perceiver.tower import strip_prefix
+from llava_dpa.perceiver.base import PerceiverTowerBase
 from llava_dpa.towers import weights as W
-from llava_dpa.towers.base import VisionTower
 
 #: the perceiver's template up to the first image, as the official training renders it (TPL 812-817: no system)
 OFFICIAL_PREFIX_TEXT = "<|im_start|>user\n"
@@ -53,16 +50,11 @@ def prefix_text(system: str | None) -> str:
     return (f"<|im_start|>system\n{system}<|im_end|>\n" if system else "") + OFFICIAL_PREFIX_TEXT
 
 
-class QwenVLPerceiverTower(VisionTower):
+class QwenVLPerceiverTower(PerceiverTowerBase):
     model_types = ()  # chosen by the dpa: prefix and the folder's config (llava_integration/tower_registry.py)
-    encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.{visual,language_model}.*
-    is_perceiver = True
+    error = QwenVLPerceiverError  # checkpoint keys model.vision_tower.perceiver.{visual,language_model}.*
     per_image_features = True   # one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
     label = "DPA perceiver, Qwen-VL native (whole images at native resolution, M-RoPE; the official release's form)"
-
-    @property
-    def source_path(self) -> str:
-        return strip_prefix(self.vision_tower_name)
 
     def read_options(self, args) -> None:
         self.spec = spec_from_config(self.tower_config_dict, self.source_path)
@@ -71,11 +63,7 @@ class QwenVLPerceiverTower(VisionTower):
         self.system_prompt = getattr(args, "perceiver_system_prompt", None) or None
         self.select_layer = None
         self.instruction_context = False
-        self.conv_version = getattr(args, "conv_version", None) or getattr(args, "version", None)
-        self.target_tokenizer = None
-        self.perceiver_tokenizer = None
-        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
-        self.prefix_ids = list(recorded) if recorded is not None else None
+        self.read_perceiver_options(args)
         self.pixel_limits = (getattr(args, "min_pixels", None), getattr(args, "max_pixels", None))
 
     def read_processor_dict(self, source: str) -> dict:
@@ -110,9 +98,7 @@ class QwenVLPerceiverTower(VisionTower):
             return
         state = own_state(W.load_state_dict(self.source_path), self.spec, self.source_path)
         model_keys = set(self.perceiver.state_dict())
-        missing = sorted(model_keys - set(state))
-        if missing:
-            raise QwenVLPerceiverError(f"{self.source_path} lacks perceiver weights {missing[:3]}")
+        self.check_weights(set(state), model_keys)
         W.load_into(self.perceiver, {k: v for k, v in state.items() if k in model_keys}, strict=True)
         self.weight_loads += 1
         self.is_loaded = True
@@ -125,12 +111,10 @@ class QwenVLPerceiverTower(VisionTower):
 
         self.target_tokenizer = target_tokenizer
         if self.perceiver_tokenizer is None:
-            candidates = [c for c in (perceiver_tokenizer_dir, self.source_path,
-                                      os.path.join(self.source_path, "perceiver_tokenizer")) if c]
-            source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
-            if source is not None:
-                self.perceiver_tokenizer = load_tokenizer(source)
-                self.check_delimiters(self.perceiver_tokenizer, source)
+            tokenizer, source = self.find_perceiver_tokenizer(perceiver_tokenizer_dir)
+            if tokenizer is not None:
+                self.check_delimiters(tokenizer, source)
+                self.perceiver_tokenizer = tokenizer
         if self.prefix_ids is None:
             if self.perceiver_tokenizer is None:
                 raise QwenVLPerceiverError(f"the Qwen-VL perceiver {self.source_path} has no tokenizer: its prompt "
@@ -148,10 +132,6 @@ class QwenVLPerceiverTower(VisionTower):
         if ids != expected:
             raise QwenVLPerceiverError(f"the perceiver tokenizer in {source} gives {dict(zip(DELIMITERS, ids))}, its "
                                        f"config expects {dict(zip(DELIMITERS, expected))}")
-
-    def save_extras(self, output_dir: str) -> None:
-        if self.perceiver_tokenizer is not None:
-            self.perceiver_tokenizer.save_pretrained(os.path.join(output_dir, "perceiver_tokenizer"))
 
     # ---- what the perceiver reads --------------------------------------------------------------------
     def tower_inputs(self, input_ids, attention_mask, images) -> dict | None:
@@ -185,7 +165,7 @@ class QwenVLPerceiverTower(VisionTower):
                     start = max((i for i in range(pos) if ids[i] in ends), default=-1) + 1
                     segment = ids[start:pos]
                     text = self._decode(segment, skip_special_tokens=True) if segment else ""
-                    text = _ROLE.sub("", text, count=1).lstrip() if text else ""
+                    text = ROLE.sub("", text, count=1).lstrip() if text else ""
                 else:
                     segment = ids[where[k - 1] + 1:pos]
                     text = self._decode(segment, skip_special_tokens=False) if segment else ""

@@ -21,24 +21,11 @@ from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
 from llava_dpa.perceiver.prompt import prefix_ids
 from llava_dpa.towers import weights as W
-from llava_dpa.towers.base import VisionTower
+from llava_dpa.perceiver.base import PerceiverError, PerceiverTowerBase
 
 #: `--vision_tower dpa:<dir>` selects the perceiver explicitly.
-DPA_PREFIX = "dpa:"
-
-
-class PerceiverError(ValueError):
-    pass
-
-
-def strip_prefix(name: str) -> str:
-    return name[len(DPA_PREFIX):] if name.startswith(DPA_PREFIX) else name
-
-
-class PerceiverTower(VisionTower):
+class PerceiverTower(PerceiverTowerBase):
     model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
-    encoder_name = "perceiver"  # checkpoint keys model.vision_tower.perceiver.*
-    is_perceiver = True
     label = "DPA perceiver, LLaVA-format VLM (tiles; the paper's LLaVA-NeXT form)"
 
     def __init__(self, vision_tower: str, args, delay_load: bool = False):
@@ -46,10 +33,6 @@ class PerceiverTower(VisionTower):
         layers = self.perceiver.config.num_hidden_layers
         if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
             raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
-
-    @property
-    def source_path(self) -> str:
-        return strip_prefix(self.vision_tower_name)
 
     @property
     def perceiver_path(self) -> str:
@@ -60,14 +43,9 @@ class PerceiverTower(VisionTower):
             raise PerceiverError(f"{self.perceiver_path} is not a LLaVA-format VLM (its config has no mm_vision_tower)")
         self.select_layer = getattr(args, "dpa_select_layer", None)
         self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
-        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
-        # The prefix stays a list, made into a tensor where it is used: a non-persistent buffer is not in the
-        # checkpoint, and transformers 5 builds models on the meta device, so it would come back uninitialised.
-        self.prefix_ids = list(recorded) if recorded is not None else self.read_prefix_ids()
-        # the target's template (its turn ends delimit the instruction): LLaVA's flag, or a checkpoint's config
-        self.conv_version = getattr(args, "conv_version", None) or getattr(args, "version", None)
-        self.target_tokenizer = None
-        self.perceiver_tokenizer = None
+        self.read_perceiver_options(args)
+        if self.prefix_ids is None:
+            self.prefix_ids = self.read_prefix_ids()
 
     def read_processor_dict(self, perceiver_path: str) -> dict:
         """The perceiver ViT's processor settings, recorded in the perceiver's config by its training."""
@@ -115,10 +93,8 @@ class PerceiverTower(VisionTower):
             return
         state = W.load_state_dict(self.perceiver_path)
         own = self.perceiver.state_dict()
-        missing = [k for k in own if k not in state and not self.is_tied(k)]
-        if missing:
-            raise PerceiverError(f"{self.perceiver_path} lacks perceiver weights {missing[:3]}; is it a full VLM "
-                                 f"checkpoint (not a LoRA or stage-1 projector-only folder)?")
+        self.check_weights(set(state), {k for k in own if not self.is_tied(k)},
+                           "; is it a full VLM checkpoint (not a LoRA or stage-1 projector-only folder)?")
         W.load_into(self.perceiver, {k: v for k, v in state.items() if k in own}, strict=False)
         self.perceiver.tie_weights()
         self.vit.mark_loaded()
@@ -184,16 +160,13 @@ class PerceiverTower(VisionTower):
         auxiliary loss's conversation)."""
         self.target_tokenizer = target_tokenizer
         if (self.instruction_context or perceiver_tokenizer_needed) and self.perceiver_tokenizer is None:
-            candidates = [c for c in (perceiver_tokenizer_dir, self.perceiver_path) if c]
-            source = next((c for c in candidates if (Path(c) / "tokenizer_config.json").is_file()), None)
-            if source is None:
+            self.perceiver_tokenizer, where = self.find_perceiver_tokenizer(perceiver_tokenizer_dir)
+            if self.perceiver_tokenizer is None:
                 raise PerceiverError(f"the instruction context and the auxiliary loss need the perceiver's tokenizer; "
-                                     f"none in {candidates}")
-            self.perceiver_tokenizer = load_tokenizer(source)
+                                     f"none in {where}")
 
-    def save_extras(self, output_dir: str) -> None:
-        if self.instruction_context and self.perceiver_tokenizer is not None:
-            self.perceiver_tokenizer.save_pretrained(os.path.join(output_dir, "perceiver_tokenizer"))
+    def keeps_perceiver_tokenizer(self) -> bool:
+        return self.instruction_context and self.perceiver_tokenizer is not None
 
     def tower_inputs(self, input_ids, attention_mask, images) -> dict | None:
         """With the instruction context on: the perceiver's token ids for every tile, its prefix followed by
@@ -218,14 +191,6 @@ class PerceiverTower(VisionTower):
         return ids
 
     # ---- the interface -------------------------------------------------------------------------------
-    @property
-    def dtype(self):
-        return next(self.perceiver.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.perceiver.parameters()).device
-
     @property
     def config(self):
         return self.vit.config

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava_dpa.perceiver.tower import DPA_PREFIX
+from llava_dpa.perceiver.base import DPA_PREFIX
 from llava_dpa.projectors.large_mlp import plan
 from llava_dpa.recipes.paper import (
     REGISTRY,
