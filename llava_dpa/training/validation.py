@@ -19,9 +19,17 @@ PERCEIVER_ONLY_FLAGS = {"freeze_perceiver": False, "dpa_select_layer": None, "pe
 
 def validate(run: RunConfig) -> None:
     """Every refusal of a nonsensical combination, naming the flags."""
+    check_template_and_perceiver_flags(run)
+    check_projector(run)
+    check_images(run)
+    check_quantization_and_lora(run)
+    check_packing_and_tower_use(run)
 
-    m, d, t, stage = run.model, run.data, run.training, run.stage
-    s1 = stage is Stage.ALIGNMENT
+
+def check_template_and_perceiver_flags(run: RunConfig) -> None:
+    """The template, and the flags only a perceiver reads."""
+    m, t = run.model, run.training
+    s1 = run.stage is Stage.ALIGNMENT
     if m.version not in conv_templates:
         raise RunConfigError(f"unknown --version {m.version!r}; choose one of {sorted(conv_templates)} (qwen_3 for "
                              f"Qwen3 targets, llama_3 for LLaMA 3.x, plain for LLaVA's caption-only stage 1)")
@@ -45,18 +53,34 @@ def validate(run: RunConfig) -> None:
     if m.freeze_perceiver and run.aux_loss_weight:
         raise RunConfigError("--freeze_perceiver True with --perceiver_aux_loss_weight: the auxiliary loss trains the "
                              "perceiver; drop one of them")
+
+
+def check_projector(run: RunConfig) -> None:
+    """The large-MLP ablation's projector."""
+    m = run.model
     if m.mm_projector_type == "large_mlp":
         if run.is_perceiver:
             raise RunConfigError("--mm_projector_type large_mlp is the plain-ViT ablation; use it with a ViT --vision_tower")
         if not (m.mm_projector_width and m.mm_projector_depth):
             raise RunConfigError("--mm_projector_type large_mlp needs --mm_projector_width and --mm_projector_depth "
                                  "(llava-dpa projector-budget computes them for a parameter budget)")
+
+
+def check_images(run: RunConfig) -> None:
+    """How images are read: native resolution, anyres tiles."""
+    d = run.data
     validate_native_resolution(run)
     if d.image_aspect_ratio not in ("square", "pad", "anyres", "native"):
         raise RunConfigError(f"unknown --image_aspect_ratio {d.image_aspect_ratio!r}; use square, pad, anyres or native")
     if d.image_aspect_ratio == "anyres" and run.image_grid_pinpoints is None:
         raise RunConfigError("--image_aspect_ratio anyres needs --image_grid_pinpoints, e.g. "
                              "\"[(448, 896), (896, 448), (896, 896)]\"")
+
+
+def check_quantization_and_lora(run: RunConfig) -> None:
+    """Quantization, LoRA and what stage 1 may train."""
+    m, t = run.model, run.training
+    s1 = run.stage is Stage.ALIGNMENT
     if t.bits not in (4, 8, 16):
         raise RunConfigError(f"--bits {t.bits}: use 4 (QLoRA), 8 or 16")
     if t.bits in (4, 8) and not t.lora_enable:
@@ -78,6 +102,11 @@ def validate(run: RunConfig) -> None:
                                  f"image_newline train in full; tower parts need that tower)")
     elif t.lora_parts != ["language_model"]:
         raise RunConfigError("--lora_parts without --lora_enable True: add --lora_enable True or drop --lora_parts")
+
+
+def check_packing_and_tower_use(run: RunConfig) -> None:
+    """Packing, the feature cache and the tower's learning rate, against what trains."""
+    m, d, t, stage = run.model, run.data, run.training, run.stage
     tower_trains = tower_trains_in(trainability_plan(run.choices))
     if t.packing_budget is not None:
         if t.packing_budget < t.model_max_length:
