@@ -19,7 +19,6 @@ class _Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("llava", "llava_dpa"):
             raise ImportError(f"{name} must not be imported by an exported model")
-        return None
 
 
 def cases(image_a, image_b):

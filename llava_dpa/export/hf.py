@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from llava_dpa.export.card import render_card
 from llava_dpa.export.remote.configuration_llava_dpa import LlavaDpaConfig
 from llava_dpa.export.remote.modeling_llava_dpa import LlavaDpaForConditionalGeneration
 from llava_dpa.perceiver.instruction import turn_end_ids
-from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS, QwenVLPerceiverTower
+from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
 from llava_dpa.perceiver.tower import PerceiverTower
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
@@ -162,7 +162,7 @@ def vit_spec(tower) -> tuple[dict, dict]:
 def language_model_config(config, vocab_size: int) -> dict:
     values = config.to_dict()
     model_type = values["model_type"]
-    values["model_type"] = model_type[len("llava_"):] if model_type.startswith("llava_") else model_type
+    values["model_type"] = model_type.removeprefix("llava_")
     values = {k: v for k, v in values.items()
               if not k.startswith("mm_") and not any(k == key or (key.endswith("_") and k.startswith(key))
                                                      for key in _LLAVA_KEYS)}
@@ -319,7 +319,9 @@ def write(folder: Path, model, tokenizer, parts: dict, dtype: torch.dtype, sourc
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     version = parts["version"]
-    from llava.conversation import conv_templates  # the template's default system prompt
+    from llava.conversation import (
+        conv_templates,  # the template's default system prompt
+    )
 
     system = conv_templates[version].system if version in conv_templates else ""
     tokenizer.chat_template = chat_template(version, system)

@@ -32,7 +32,7 @@ def build_text_config(values: dict) -> PretrainedConfig:
 
 class LlavaDpaConfig(PretrainedConfig):
     model_type = "llava_dpa"
-    sub_configs = {"text_config": AutoConfig}
+    sub_configs = {"text_config": AutoConfig}  # noqa: RUF012  (transformers reads a dict here)
 
     def __init__(self, text_config=None, vision=None, projector=None, image_token_id=None, template=None,
                  **kwargs):

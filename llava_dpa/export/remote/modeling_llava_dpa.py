@@ -19,7 +19,7 @@ passed to the target untouched, whatever the transformers line calls them.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -93,8 +93,12 @@ class VisionEncoder(nn.Module):
             self.encoder = model.vision_model if hasattr(model, "vision_model") else model
             self.config_ = config
         elif self.kind == "qwen2_5_vl":
-            from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+            from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+                Qwen2_5_VLVisionConfig,
+            )
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+                Qwen2_5_VisionTransformerPretrainedModel,
+            )
 
             config = Qwen2_5_VLVisionConfig(**values)
             config._attn_implementation = attn_implementation
@@ -240,8 +244,12 @@ class QwenVLPerceiver(nn.Module):
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__()
-        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
+            Qwen2_5_VLVisionConfig,
+        )
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            Qwen2_5_VisionTransformerPretrainedModel,
+        )
 
         inner = spec["spec"]
         if inner["text_model"] != "qwen3_mrope":
@@ -292,7 +300,7 @@ class LlavaDpaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn_2 = True
     _supports_cache_class = True
     _supports_attention_backend = True
-    _no_split_modules = []
+    _no_split_modules = []  # noqa: RUF012  (transformers reads a list here)
 
     def _init_weights(self, module):
         # every parameter comes from the exported checkpoint; a fresh model gets the common defaults

@@ -27,7 +27,7 @@ from transformers import AutoTokenizer, BatchFeature
 PROCESSOR_FILE = "processor_config.json"
 PERCEIVER_TOKENIZER = "perceiver_tokenizer"
 IMAGE_TOKEN = "<image>"
-_ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.S)
+_ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.DOTALL)
 
 
 def load_tokenizer(folder: str):
