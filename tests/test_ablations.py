@@ -153,7 +153,7 @@ def test_auxiliary_perceiver_loss_total_and_lm_head_gradient(zoo, dpa_stage1, tm
         batch = probe_batch(trainer)
         assert ("perceiver_input_ids" in batch) is expect_grad
         trainer.model.zero_grad()
-        trainer.model(**batch).loss.backward()
+        trainer.compute_loss(trainer.model, batch).backward()  # the auxiliary loss is the trainer's
         head = trainer.model.get_vision_tower().perceiver.lm_head.weight
         assert bool(head.grad is not None and head.grad.abs().sum() > 0) is expect_grad
 

@@ -75,7 +75,7 @@ def test_two_processes_load_train_save_and_match_one(kind, zero, packed, zoo, pe
                                                      dpa_stage1, repeated, tmp_path):
     """Packed runs (--packing_budget: one pack per process and step) against one process accumulating two packs.
     For DPA the 32 copies make packs of 15, 15 and 2 samples: at step 2 the 2-sample pack on one rank meets a 15-sample
-    one on the other, which hung ZeRO-3 before patches/13-one-embedding-call."""
+    one on the other, which hung ZeRO-3 before the batch's text was embedded in one call (llava_integration/multimodal_inputs.text_embeddings)."""
     from llava.model.builder import load_pretrained_model
 
     tower, stage1 = (zoo["clip"], baseline_stage1) if kind == "baseline" else (str(perceiver), dpa_stage1)

@@ -76,15 +76,15 @@ def resolved_arguments(argv: list[str]) -> dict:
 
     # Lazy: LLaVA's training arguments import peft and with it bitsandbytes (3 s at every `llava-dpa` start);
     # only `recipe show` reads them.
-    from llava_dpa.training.flags import DataArguments, ModelArguments, TrainingArguments
-    from llava_dpa.training.resolution import decide_stage
+    from llava_dpa.training import flags, resolution
 
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    ModelArguments = flags.ModelArguments
+    parser = transformers.HfArgumentParser((ModelArguments, flags.DataArguments, flags.TrainingArguments))
     namespace, _ = parser.parse_known_args(argv)
     given = {a.dest for a in parser._actions if any(opt in argv for opt in a.option_strings)}
     values = {k: v for k, v in vars(namespace).items() if k in given}
     model = ModelArguments(**{k: v for k, v in values.items() if k in {f.name for f in fields(ModelArguments)}})
-    return {"stage": int(decide_stage(model)), **values}
+    return {"stage": int(resolution.decide_stage(model)), **values}
 
 
 def _run(args) -> int:

@@ -27,6 +27,7 @@ from torch import nn
 from llava_dpa.export.card import render_card
 from llava_dpa.export.remote.configuration_llava_dpa import LlavaDpaConfig
 from llava_dpa.export.remote.modeling_llava_dpa import LlavaDpaForConditionalGeneration
+from llava_dpa.loading import load_pretrained_model
 from llava_dpa.perceiver.instruction import turn_end_ids
 from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
 from llava_dpa.perceiver.tower import PerceiverTower
@@ -205,8 +206,6 @@ def _check_checkpoint(ckpt: Path, model_base: str | None) -> None:
 
 def export_hf(ckpt, out, model_base: str | None = None, dtype: str = "float32", log=print) -> Path:
     """Export `ckpt` into the new folder `out`; returns `out`."""
-    from llava_dpa.loading import load_pretrained_model
-
     ckpt, out = Path(ckpt), Path(out)
     _check_output(out)
     _check_checkpoint(ckpt, model_base)
@@ -319,9 +318,7 @@ def write(folder: Path, model, tokenizer, parts: dict, dtype: torch.dtype, sourc
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     version = parts["version"]
-    from llava.conversation import (
-        conv_templates,  # the template's default system prompt
-    )
+    from llava.conversation import conv_templates  # the template's default system prompt
 
     system = conv_templates[version].system if version in conv_templates else ""
     tokenizer.chat_template = chat_template(version, system)

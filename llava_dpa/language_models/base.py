@@ -19,24 +19,14 @@ class LlavaCausalLMMixin:
     def get_model(self):
         return self.model
 
-    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
-                                             images, image_sizes=None):
-        # What the tower reads besides the images (the perceiver's instruction context) is computed from this
-        # call's own inputs and passed down as an argument (patches/11-tower-inputs.patch).
-        tower_inputs = None
-        if images is not None and input_ids is not None and input_ids.shape[1] != 1:
-            tower_inputs = self.get_vision_tower().tower_inputs(input_ids, attention_mask, images)
-        return super().prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask, past_key_values,
-                                                            labels, images, image_sizes, tower_inputs=tower_inputs)
-
     def forward(self, input_ids: torch.LongTensor = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.LongTensor] = None, past_key_values=None,
                 inputs_embeds: Optional[torch.FloatTensor] = None, labels: Optional[torch.LongTensor] = None,
                 use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
                 output_hidden_states: Optional[bool] = None, images=None, image_sizes=None,
-                return_dict: Optional[bool] = None, cache_position=None, perceiver_input_ids=None,
-                perceiver_labels=None, perceiver_attention_mask=None, packed: bool = False, **kwargs):
-        original_images = images
+                return_dict: Optional[bool] = None, cache_position=None, packed: bool = False, **kwargs):
+        # The batch becomes the target's input embeddings in one module (llava_integration/multimodal_inputs.py,
+        # through LLaVA's prepare_inputs_labels_for_multimodal).
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(
@@ -49,20 +39,6 @@ class LlavaCausalLMMixin:
                               use_cache=use_cache, output_attentions=output_attentions,
                               output_hidden_states=output_hidden_states, return_dict=return_dict,
                               cache_position=cache_position, **kwargs)
-        if perceiver_labels is not None and out.loss is not None:
-            out = self._add_perceiver_aux_loss(out, perceiver_input_ids, perceiver_attention_mask, perceiver_labels,
-                                               original_images, image_sizes)
-        return out
-
-    def _add_perceiver_aux_loss(self, out, input_ids, attention_mask, labels, images, image_sizes):
-        """loss = target loss + λ * the perceiver's own LM loss on the same conversation (see perceiver.aux_loss);
-        λ is the run's, recorded in the config."""
-        tower = self.get_vision_tower()
-        aux = tower.perceiver(input_ids=input_ids, attention_mask=attention_mask, labels=labels, images=images,
-                              image_sizes=image_sizes, use_cache=False).loss
-        out.target_loss = out.loss.detach()
-        out.perceiver_aux_loss = aux.detach()
-        out.loss = out.loss + float(getattr(self.config, "perceiver_aux_loss_weight", 0.0)) * aux
         return out
 
     @torch.no_grad()

@@ -34,6 +34,17 @@ class PerceiverAuxData:
         return out["input_ids"][0], out["labels"][0]
 
 
+#: the batch keys that carry the perceiver's own conversation (data/dataset.py); the trainer takes them out
+AUX_KEYS = ("perceiver_input_ids", "perceiver_labels", "perceiver_attention_mask")
+
+
+def perceiver_lm_loss(tower, aux_inputs: dict, images, image_sizes=None):
+    """The perceiver's own LM loss on its tokenization of the conversation, with the same images."""
+    return tower.perceiver(input_ids=aux_inputs["perceiver_input_ids"],
+                           attention_mask=aux_inputs["perceiver_attention_mask"], labels=aux_inputs["perceiver_labels"],
+                           images=images, image_sizes=image_sizes, use_cache=False).loss
+
+
 def aux_data_for(tower, run):
     """The data-side helper: the perceiver's tokenizer and template (the target's when the perceiver has no
     chat template of its own, and LLaVA's plain format when the run uses it)."""

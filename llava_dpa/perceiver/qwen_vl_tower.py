@@ -12,7 +12,7 @@ What it computes, as the official code does (official-dpa.md "The visual path"):
   Qwen2.5-VL's 3-D M-RoPE (`perceiver/mrope.py`);
 - the features of an image are the final-norm hidden states at its N + 2 positions, delimiters included
   (FVT 450-474); `--perceiver_visual_positions_only True` keeps the N visual positions.
-Each image contributes its own number of tokens; the LLaVA splice (patches/12-whole-image-towers) places
+Each image contributes its own number of tokens; the LLaVA splice (llava_integration/multimodal_inputs.image_features) places
 them at the image's `<image>` placeholder, with no image_newline.
 
 The text before an image is the target's, decoded with the target's tokenizer and re-encoded with the
@@ -53,7 +53,7 @@ def prefix_text(system: str | None) -> str:
 class QwenVLPerceiverTower(PerceiverTowerBase):
     model_types = ()  # chosen by the dpa: prefix and the folder's config (llava_integration/tower_registry.py)
     error = QwenVLPerceiverError  # checkpoint keys model.vision_tower.perceiver.{visual,language_model}.*
-    per_image_features = True   # one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
+    per_image_features = True   # one [tokens_i, d] tensor per image (llava_integration/multimodal_inputs.image_features)
     label = "DPA perceiver, Qwen-VL native (whole images at native resolution, M-RoPE; the official release's form)"
 
     def read_options(self, args) -> None:

@@ -41,7 +41,7 @@ class VisionTower(nn.Module, ABC):
     encoder_name: str = "vision_tower"
     #: a DPA perceiver (a whole VLM) rather than a ViT
     is_perceiver: bool = False
-    #: reads whole images at native resolution: one [tokens_i, d] tensor per image (patches/12-whole-image-towers)
+    #: reads whole images at native resolution: one [tokens_i, d] tensor per image (llava_integration/multimodal_inputs.image_features)
     per_image_features: bool = False
     #: what the user got, in the words the start-of-training banner and the docs use
     label: str = "ViT tower"
@@ -142,7 +142,7 @@ class VisionTower(nn.Module, ABC):
         """Tokenizers the tower needs at run time (the perceiver's instruction context and auxiliary loss)."""
 
     def tower_inputs(self, input_ids, attention_mask, images) -> dict | None:
-        """Per-call inputs the tower reads besides the images (passed down by patches/11-tower-inputs)."""
+        """Per-call inputs the tower reads besides the images (llava_integration/multimodal_inputs.py passes them down)."""
         return None
 
     def save_extras(self, output_dir: str) -> None:

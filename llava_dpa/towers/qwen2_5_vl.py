@@ -5,7 +5,7 @@ This is the ViT the paper and the official DPA release use.
   16x16 = 256 tokens).
 - `--image_aspect_ratio native`: each image whole, resized to multiples of 28 within --min_pixels and
   --max_pixels (`data/native_resolution.py`); each image then has its own number of tokens, returned one
-  tensor per image (patches/12-whole-image-towers).
+  tensor per image (llava_integration/multimodal_inputs.image_features).
 Features are the merger's output (width `out_hidden_size`), so only mm_vision_select_layer = -1 is
 meaningful here. With `--mm_projector_type qwen_merger` (the official baseline's construction) the tower
 stops before the merger's MLP: it returns the normalised 2x2-grouped patch features (4 x the ViT width),

@@ -23,6 +23,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
+from llava_dpa.perceiver.aux_loss import AUX_KEYS, perceiver_lm_loss
 from llava_dpa.training.optim import parameter_groups
 from llava_dpa.training.run_record import write_run_config
 from llava_dpa.training.saving import load_projector_state, save_projector
@@ -87,7 +88,16 @@ class DPATrainer(LLaVATrainer):
         return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        # The perceiver's auxiliary loss (perceiver/aux_loss.py) is the trainer's business, not the target's forward:
+        # its inputs leave the batch here, and loss = target loss + λ * the perceiver's own LM loss.
+        aux_inputs = {k: inputs[k] for k in AUX_KEYS if k in inputs}
+        inputs = {k: v for k, v in inputs.items() if k not in AUX_KEYS}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if aux_inputs and self.run.aux_loss_weight:
+            tower = self.accelerator.unwrap_model(model).get_vision_tower()
+            aux = perceiver_lm_loss(tower, aux_inputs, inputs.get("images"), inputs.get("image_sizes"))
+            outputs.target_loss, outputs.perceiver_aux_loss = loss.detach(), aux.detach()
+            loss = loss + self.run.aux_loss_weight * aux
         if model.training:  # throughput since the last log line: samples, and positions the target computed
             self.__dict__.setdefault("_last_log_time", time.perf_counter())
             count = self.__dict__.setdefault("_throughput", [0, 0])
