@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import shutil
 import threading
@@ -319,8 +320,16 @@ def test_an_unknown_template_is_logged_by_model_and_name(monkeypatch, caplog):
     from llava_dpa.serving import web
 
     monkeypatch.setattr(web, "worker_status", lambda url, model: {"conv_template": "no_such_template"})
-    with caplog.at_level("WARNING", logger="llava_dpa.serving"):
-        assert web.template_for("http://127.0.0.1:1", "my-model") == web.FALLBACK_TEMPLATE
+    # Read the warning at the logger itself: a server run earlier in this process may have reconfigured logging
+    # (uvicorn, LLaVA's build_logger), which is not what this test is about.
+    logger = logging.getLogger("llava_dpa.serving")
+    monkeypatch.setattr(logger, "disabled", False)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="llava_dpa.serving"):
+            assert web.template_for("http://127.0.0.1:1", "my-model") == web.FALLBACK_TEMPLATE
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "my-model" in caplog.text and "no_such_template" in caplog.text
     monkeypatch.setattr(web, "worker_status", lambda url, model: {"conv_template": "qwen_3"})
     assert web.template_for("http://127.0.0.1:1", "my-model") == "qwen_3"
