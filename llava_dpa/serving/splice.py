@@ -19,9 +19,10 @@ for a ViT (the baseline); the question of the image's turn for a perceiver with 
 Qwen-VL-native perceiver, which reads a sample as one sequence, the text before the image and, through the key
 of the image before it, every earlier image and text of the sample. A conversation re-sent with one more turn
 hits the cache for every image it already had; a new image, or an image under other text its perceiver reads, is
-encoded. Blocks come from LLaVA's own code: `prepare_inputs_labels_for_multimodal` on the image alone (the anyres
-merge, the newline tokens) or, for whole-image towers, `encode_whole_images` on the sample's images, so the
-spliced embeddings equal the LLaVA path's (tests/test_openai_serve.py).
+encoded. Blocks come from the LLaVA path's own code (`llava_integration.multimodal_inputs.image_features`: the tower,
+the projector, the anyres merge and newline tokens, whole images), on the image alone or, for a sequence-reading
+perceiver, on the sample's images together, so the spliced embeddings equal the LLaVA path's
+(tests/test_openai_serve.py).
 """
 from __future__ import annotations
 
@@ -34,12 +35,11 @@ import torch
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN
 from llava.conversation import SeparatorStyle, conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.llava_arch import LlavaMetaForCausalLM
 from transformers import AutoModelForCausalLM
 
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 from llava_dpa.llava_integration.inference import conv_mode_for, to_model
-from llava_dpa.llava_integration.whole_images import encode_whole_images
+from llava_dpa.llava_integration.multimodal_inputs import image_features
 from llava_dpa.loading import load_pretrained_model
 from llava_dpa.perceiver.instruction import tiles_per_image
 from llava_dpa.serving.requests import IMAGE_TOKEN, RequestError, check_image_count
@@ -276,7 +276,8 @@ class Splice:
         if all(block is not None for block in cached):
             return cached, 0
         contexts = {"contexts": [[inputs["contexts"][0][0] for inputs in per_image]]}
-        blocks = [b.detach() for b in encode_whole_images(self.model, [p[0] for p in pixels], contexts)]
+        sizes = [image.size for image in images]
+        blocks = [b.detach() for b in image_features(self.model, [p[0] for p in pixels], sizes, contexts)]
         for k, block in zip(keys, blocks):
             self.cache.put(k, block)
         return blocks, len(blocks)
@@ -303,13 +304,9 @@ class Splice:
         return out
 
     def _encode_one(self, pixel, size, tower_inputs) -> torch.Tensor:
-        """One image's block through LLaVA's own splice: a sample `<image>` + one text token, whose output is the
-        image's visual tokens followed by that token's embedding (dropped). The tower inputs are the image's own
-        share of the whole conversation's (LlavaMetaForCausalLM's splice takes them as given)."""
-        ids = torch.tensor([[IMAGE_TOKEN_INDEX, 0]], device=self.model.device)
-        out = LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal(
-            self.model, ids, None, None, None, None, pixel, image_sizes=[size], tower_inputs=tower_inputs)
-        return out[4][0, :-1].detach()
+        """One image's block through LLaVA's own feature code (`multimodal_inputs.image_features`: tower, projector,
+        anyres merge, newline tokens), with the image's own share of the conversation's tower inputs."""
+        return image_features(self.model, pixel, [size], tower_inputs)[0].detach()
 
 
 def input_embeddings(checkpoint, messages: list[dict], model_base=None, device="cpu", dtype=None) -> torch.Tensor:
