@@ -1,7 +1,8 @@
 """Serving throughput: `llava-dpa serve --engine hf` beside LLaVA's model worker, DPA beside the baseline.
 
     python -m llava_dpa.serving.bench --dpa DPA_CKPT --baseline BASELINE_CKPT --images DIR \\
-        [--requests 16] [--rounds 3] [--max-tokens 32] [--device cpu] [--output result.json]
+        [--requests 16] [--rounds 3] [--max-tokens 32] [--device cpu] [--concurrency 1] [--output result.json]
+        [--engine vllm --no-worker --dtype bfloat16 --device cuda]     # the GPU run: DPA beside the baseline
 
 For each checkpoint it starts both servers (`python -m llava_dpa.commands.serve`, and `python -m
 llava.serve.model_worker` under LLaVA's controller), on 127.0.0.1, and sends each the same requests one at a time, streamed,
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -83,12 +85,14 @@ def start_controller(folder: Path):
     return process, f"http://127.0.0.1:{port}"
 
 
-def start_servers(checkpoint: str, device: str, folder: Path, controller: str) -> dict:
+def start_servers(checkpoint: str, device: str, folder: Path, controller: str | None, serve_args=()) -> dict:
     serve_port, worker_port = _free_port(), _free_port()
     name = Path(checkpoint).name
     serve = _Process([sys.executable, "-m", "llava_dpa.commands.serve", checkpoint, "--device", device,
-                      "--port", serve_port, "--served-model-name", name], folder / f"{name}-serve.log",
+                      "--port", serve_port, "--served-model-name", name, *serve_args], folder / f"{name}-serve.log",
                      f"http://127.0.0.1:{serve_port}/health")
+    if controller is None:
+        return {"serve": (serve, f"http://127.0.0.1:{serve_port}", name)}
     worker = _Process([sys.executable, "-m", "llava.serve.model_worker", "--host", "127.0.0.1", "--port", worker_port,
                        "--worker-address", f"http://127.0.0.1:{worker_port}", "--controller-address",
                        controller, "--model-path", checkpoint, "--device", device,
@@ -136,7 +140,8 @@ def measure(args) -> dict:
     checkpoints = {"baseline": args.baseline, "DPA": args.dpa}
     folder = Path(tempfile.mkdtemp(prefix="llava-dpa-serve-bench-"))
     running, prompts = {}, {}
-    controller, controller_url = start_controller(folder)
+    servers = SERVERS if args.worker else ("serve",)
+    controller, controller_url = start_controller(folder) if args.worker else (None, None)
     try:
         for kind, checkpoint in checkpoints.items():
             tokenizer = load_tokenizer(checkpoint)
@@ -145,22 +150,27 @@ def measure(args) -> dict:
             prompt = conversation_prompt(template, [{"role": "user", "content": [
                 {"type": "image", "image": None}, {"type": "text", "text": args.question}]}])[0]
             prompts[kind] = (tokenizer, prompt, stop_string(template))
-            running[kind] = start_servers(checkpoint, args.device, folder, controller_url)
-        runs = {(k, s): [] for k in checkpoints for s in SERVERS}
+            running[kind] = start_servers(checkpoint, args.device, folder, controller_url,
+                                          ["--engine", args.engine, *(["--dtype", args.dtype] if args.dtype else [])])
+        runs = {(k, s): [] for k in checkpoints for s in servers}
         answers = {}
-        order = [(k, s) for k in checkpoints for s in SERVERS]
+        order = [(k, s) for k in checkpoints for s in servers]
         for round_ in range(args.rounds + 1):  # round 0 warms every server up and is not counted
             for kind, server in (order if round_ % 2 else order[::-1]):
                 _, url, name = running[kind][server]
                 tokenizer, prompt, stop = prompts[kind]
                 tokens, start = 0, time.perf_counter()
-                for index, image in enumerate(encoded):
+
+                def one(item):
+                    index, image = item
                     if server == "serve":
-                        text = ask_serve(url, name, image, args.question, args.max_tokens)
-                    else:
-                        text = ask_worker(url, prompt, stop, image, args.max_tokens)
-                    tokens += len(tokenizer(text, add_special_tokens=False).input_ids)
-                    answers.setdefault((kind, index), {})[server] = text.strip()
+                        return index, ask_serve(url, name, image, args.question, args.max_tokens)
+                    return index, ask_worker(url, prompt, stop, image, args.max_tokens)
+
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    for index, text in pool.map(one, enumerate(encoded)):
+                        tokens += len(tokenizer(text, add_special_tokens=False).input_ids)
+                        answers.setdefault((kind, index), {})[server] = text.strip()
                 seconds = time.perf_counter() - start
                 if round_:
                     runs[(kind, server)].append({"tokens": tokens, "seconds": seconds})
@@ -169,8 +179,10 @@ def measure(args) -> dict:
         for servers in running.values():
             for process, _, _ in servers.values():
                 process.stop()
-        controller.stop()
+        if controller is not None:
+            controller.stop()
     return {"runs": {f"{k}/{s}": v for (k, s), v in runs.items()}, "requests": args.requests,
+            "engine": args.engine, "concurrency": args.concurrency,
             "max_tokens": args.max_tokens, "question": args.question, "device": args.device,
             "answers_differing_between_servers": [f"{k}#{i}" for k, i in differing],
             "torch_threads": os.environ.get("OMP_NUM_THREADS", "default")}
@@ -179,7 +191,7 @@ def measure(args) -> dict:
 def report(result: dict) -> str:
     runs = {tuple(k.split("/")): v for k, v in result["runs"].items()}
     rate = {k: [r["tokens"] / r["seconds"] for r in v] for k, v in runs.items()}
-    lines = [f"{result['requests']} requests per round, one at a time, streamed, greedy, max_tokens "
+    lines = [f"{result['requests']} requests per round, {result.get('concurrency', 1)} at a time, streamed, greedy, max_tokens "
              f"{result['max_tokens']}; {len(next(iter(rate.values())))} rounds; device {result['device']}", "",
              "| checkpoint | server | tokens/s (median) | rounds' range | tokens per reply |", "|---|---|---|---|---|"]
     for (kind, server), values in rate.items():
@@ -191,12 +203,15 @@ def report(result: dict) -> str:
     def ratio(label, a, b):
         values = [x / y for x, y in zip(rate[a], rate[b])]
         low, high = min(values), max(values)
-        reading = "within noise (rounds on both sides of 1)" if low < 1 < high else "a result"
+        reading = ("one round: its spread is unknown" if len(values) < 2 else
+                   "within noise (rounds on both sides of 1)" if low < 1 < high else "a result")
         lines.append(f"| {label} | {statistics.median(values):.3f} | {low:.3f}-{high:.3f} | {reading} |")
 
-    for kind in ("baseline", "DPA"):
-        ratio(f"{kind}: serve / worker", (kind, "serve"), (kind, "worker"))
-    for server in SERVERS:
+    servers = sorted({server for _, server in rate}, key=SERVERS.index)
+    if "worker" in servers:
+        for kind in ("baseline", "DPA"):
+            ratio(f"{kind}: serve / worker", (kind, "serve"), (kind, "worker"))
+    for server in servers:
         ratio(f"{server}: DPA / baseline", ("DPA", server), ("baseline", server))
     if result["answers_differing_between_servers"]:
         lines.append(f"\nanswers that differ between the two servers: {result['answers_differing_between_servers']}")
@@ -213,6 +228,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--question", default="What colour is the shape?")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="serve's engine (vllm: a GPU)")
+    p.add_argument("--dtype", default=None, help="serve's --dtype")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    p.add_argument("--no-worker", dest="worker", action="store_false",
+                   help="serve only (no LLaVA model worker): DPA beside the baseline")
     p.add_argument("--output", default=None, help="write the raw runs as JSON")
     args = p.parse_args(argv)
     result = measure(args)
