@@ -64,7 +64,7 @@ setup(
         # whose huggingface-hub range admits both transformers lines (6.x needs hub>=1.16, which 4.57 refuses) and
         # that runs LLaVA's tuple chatbot (6.x takes messages only); playwright drives the web UI test's system
         # chromium (no browser is downloaded)
-        "serve": ["gradio==5.50.0", "fastapi>=0.115.2,<1", "uvicorn>=0.30", "playwright>=1.45"],
+        "serve": ["gradio==5.50.0", "fastapi>=0.115.2,<1", "uvicorn>=0.30", "playwright>=1.45", "openai>=1.58"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "import-linter>=2.1", "bitsandbytes>=0.45", "deepspeed>=0.15",
                 "matplotlib>=3.7"],
     },
