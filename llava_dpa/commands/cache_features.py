@@ -4,7 +4,8 @@ from __future__ import annotations
 from llava_dpa.data.anyres import parse_pinpoints
 from llava_dpa.data.dataset import DataSpec, load_records
 from llava_dpa.data.feature_cache import build_cache
-from llava_dpa.llava_integration.tower_registry import build_vision_tower
+from llava_dpa.llava_integration.tower_registry import build_tower
+from llava_dpa.towers.options import TowerOptions
 
 
 def register(sub) -> None:
@@ -25,13 +26,10 @@ def register(sub) -> None:
 
 
 def _cli(a) -> int:
-    from types import SimpleNamespace
-
-
-    args = SimpleNamespace(mm_vision_tower=a.vision_tower, mm_vision_select_layer=a.mm_vision_select_layer,
-                           mm_vision_select_feature=a.mm_vision_select_feature, image_aspect_ratio=a.image_aspect_ratio,
-                           mm_projector_type=a.mm_projector_type)
-    tower = build_vision_tower(args)
+    options = TowerOptions(vision_tower=a.vision_tower, mm_vision_select_layer=a.mm_vision_select_layer,
+                           mm_vision_select_feature=a.mm_vision_select_feature,
+                           image_aspect_ratio=a.image_aspect_ratio, mm_projector_type=a.mm_projector_type)
+    tower = build_tower(options)
     tower.to(a.device)
     spec = DataSpec(conversation=None, image_folder=a.image_folder, image_aspect_ratio=a.image_aspect_ratio,
                     image_grid_pinpoints=parse_pinpoints(a.image_grid_pinpoints), image_processor=tower.image_processor)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from llava_dpa.data.native_resolution import OFFICIAL_PIXEL_LIMITS
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.language_models import target_class_for
+from llava_dpa.llava_integration.assemble import initialize_vision_modules
 from llava_dpa.loading import load_pretrained_model
 from llava_dpa.perceiver.qwen_vl import SPEC_TYPE, QwenVLPerceiver
 from llava_dpa.perceiver.qwen_vl_tower import DELIMITERS
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.templates import infer_conv_mode
 from llava_dpa.towers import weights as W
+from llava_dpa.towers.options import TowerOptions
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 from llava_dpa.training.parts import Part, part_of
 from llava_dpa.training.saving import load_projector_state
@@ -44,10 +45,10 @@ def make_perceiver(vision: str, language_model: str, output: str, projector: str
     if random_lm_init:
         reinitialise_language_model(model, seed)
 
-    model_args = SimpleNamespace(vision_tower=vision, mm_vision_select_layer=select_layer, mm_vision_select_feature="patch",
-                                 pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type=projector)
+    options = TowerOptions(vision_tower=vision, mm_vision_select_layer=select_layer, mm_vision_select_feature="patch",
+                           mm_projector_type=projector)
     torch.manual_seed(seed)
-    model.get_model().initialize_vision_modules(model_args)
+    initialize_vision_modules(model, options, projector=projector)
     if not projector_weights and projector == "qwen_merger":
         print(adopt_pretrained_merger(model))
     if projector_weights:

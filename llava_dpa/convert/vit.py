@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-from llava_dpa.llava_integration.tower_registry import build_vision_tower
+from llava_dpa.llava_integration.tower_registry import build_tower
 from llava_dpa.perceiver.tower import PerceiverTower
+from llava_dpa.towers.options import TowerOptions
 from llava_dpa.towers.weights import read_config_dict
 
 
@@ -30,7 +30,7 @@ def _vit_of(checkpoint: str):
         if not isinstance(tower, PerceiverTower):
             raise ValueError(f"{checkpoint}'s tower is not a perceiver")
         return tower.vit
-    perceiver = build_vision_tower(SimpleNamespace(mm_vision_tower=checkpoint, mm_vision_select_layer=-1))
+    perceiver = build_tower(TowerOptions(vision_tower=checkpoint, mm_vision_select_layer=-1))
     return perceiver.vit
 
 

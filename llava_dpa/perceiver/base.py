@@ -9,6 +9,7 @@ from pathlib import Path
 
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.options import TowerOptions
 
 DPA_PREFIX = "dpa:"
 #: where a trained checkpoint keeps the perceiver's tokenizer
@@ -33,15 +34,15 @@ class PerceiverTowerBase(VisionTower):
     def source_path(self) -> str:
         return strip_prefix(self.vision_tower_name)
 
-    def read_perceiver_options(self, args) -> None:
-        """The settings both perceivers read from LLaVA's arguments or a checkpoint's config."""
+    def read_perceiver_options(self, options: TowerOptions) -> None:
+        """The settings both perceivers share (towers/options.py: from LLaVA's arguments or a checkpoint's config)."""
         # the target's template (its turn ends delimit the text the perceiver reads): LLaVA's flag, or the config's
-        self.conv_version = getattr(args, "conv_version", None) or getattr(args, "version", None)
+        self.conv_version = options.conv_version
         self.target_tokenizer = None
         self.perceiver_tokenizer = None
         # The prefix stays a list, made into a tensor where it is used: a non-persistent buffer is not in the
         # checkpoint, and transformers 5 builds models on the meta device, so it would come back uninitialised.
-        recorded = getattr(args, "mm_perceiver_prefix_ids", None)
+        recorded = options.mm_perceiver_prefix_ids
         self.prefix_ids = list(recorded) if recorded is not None else None
 
     def find_perceiver_tokenizer(self, *folders: str | None):

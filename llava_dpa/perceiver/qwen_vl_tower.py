@@ -23,7 +23,6 @@ target, its empty think block), where the official perceiver renders it without 
 """
 from __future__ import annotations
 
-
 import torch
 
 from llava_dpa.data.native_resolution import (
@@ -34,12 +33,13 @@ from llava_dpa.data.native_resolution import (
     whole_images,
 )
 from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX, load_tokenizer
+from llava_dpa.perceiver.base import PerceiverTowerBase
 from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.instruction import ROLE, turn_end_ids
 from llava_dpa.perceiver.mrope import image_positions
 from llava_dpa.perceiver.qwen_vl import QwenVLPerceiver, QwenVLPerceiverError, own_state, spec_from_config
-from llava_dpa.perceiver.base import PerceiverTowerBase
 from llava_dpa.towers import weights as W
+from llava_dpa.towers.options import TowerOptions
 
 #: the perceiver's template up to the first image, as the official training renders it (TPL 812-817: no system)
 OFFICIAL_PREFIX_TEXT = "<|im_start|>user\n"
@@ -56,15 +56,15 @@ class QwenVLPerceiverTower(PerceiverTowerBase):
     per_image_features = True   # one [tokens_i, d] tensor per image (llava_integration/multimodal_inputs.image_features)
     label = "DPA perceiver, Qwen-VL native (whole images at native resolution, M-RoPE; the official release's form)"
 
-    def read_options(self, args) -> None:
+    def read_options(self, options: TowerOptions) -> None:
         self.spec = spec_from_config(self.tower_config_dict, self.source_path)
         self.tower_config_dict = self.spec
-        self.visual_positions_only = bool(getattr(args, "perceiver_visual_positions_only", False))
-        self.system_prompt = getattr(args, "perceiver_system_prompt", None) or None
+        self.visual_positions_only = options.perceiver_visual_positions_only
+        self.system_prompt = options.perceiver_system_prompt
         self.select_layer = None
         self.instruction_context = False
-        self.read_perceiver_options(args)
-        self.pixel_limits = (getattr(args, "min_pixels", None), getattr(args, "max_pixels", None))
+        self.read_perceiver_options(options)
+        self.pixel_limits = (options.min_pixels, options.max_pixels)
 
     def read_processor_dict(self, source: str) -> dict:
         found = W.read_json_if_exists(source, "preprocessor_config.json") or {}

@@ -17,19 +17,21 @@ import torch
 
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.language_models import target_class_for
+from llava_dpa.perceiver.base import PerceiverError, PerceiverTowerBase
 from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.instruction import image_turn_texts, tiles_per_image, turn_end_ids
 from llava_dpa.perceiver.prompt import prefix_ids
 from llava_dpa.towers import weights as W
-from llava_dpa.perceiver.base import PerceiverError, PerceiverTowerBase
+from llava_dpa.towers.options import TowerOptions
+
 
 #: `--vision_tower dpa:<dir>` selects the perceiver explicitly.
 class PerceiverTower(PerceiverTowerBase):
     model_types = ()  # chosen by the presence of mm_vision_tower in the config, not by model_type
     label = "DPA perceiver, LLaVA-format VLM (tiles; the paper's LLaVA-NeXT form)"
 
-    def __init__(self, vision_tower: str, args, delay_load: bool = False):
-        super().__init__(vision_tower, args, delay_load=delay_load)
+    def __init__(self, options: TowerOptions, delay_load: bool = False):
+        super().__init__(options, delay_load=delay_load)
         layers = self.perceiver.config.num_hidden_layers
         if self.select_layer is not None and not -layers - 1 <= self.select_layer <= layers:
             raise PerceiverError(f"--dpa_select_layer {self.select_layer} is outside the perceiver's 0..{layers} hidden states")
@@ -38,12 +40,12 @@ class PerceiverTower(PerceiverTowerBase):
     def perceiver_path(self) -> str:
         return self.source_path
 
-    def read_options(self, args) -> None:
+    def read_options(self, options: TowerOptions) -> None:
         if "mm_vision_tower" not in self.tower_config_dict:
             raise PerceiverError(f"{self.perceiver_path} is not a LLaVA-format VLM (its config has no mm_vision_tower)")
-        self.select_layer = getattr(args, "dpa_select_layer", None)
-        self.instruction_context = bool(getattr(args, "perceiver_instruction_context", False))
-        self.read_perceiver_options(args)
+        self.select_layer = options.dpa_select_layer
+        self.instruction_context = options.perceiver_instruction_context
+        self.read_perceiver_options(options)
         if self.prefix_ids is None:
             self.prefix_ids = self.read_prefix_ids()
 

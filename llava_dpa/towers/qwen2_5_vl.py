@@ -24,6 +24,7 @@ from llava_dpa.data.native_resolution import (
 )
 from llava_dpa.towers import weights as W
 from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.options import TowerOptions
 
 QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -39,12 +40,12 @@ class Qwen2_5_VLTower(VisionTower):
     model_types = ("qwen2_5_vl", "qwen2_5_vl_vision")  # a full Qwen2.5-VL, or its vision config as transformers 5 saves it
     checkpoint_prefixes = ("", "visual.", "model.visual.", "model.vision_tower.vision_tower.")
 
-    def read_options(self, args) -> None:
-        super().read_options(args)
-        self.native = getattr(args, "image_aspect_ratio", None) == "native"
+    def read_options(self, options: TowerOptions) -> None:
+        super().read_options(options)
+        self.native = options.image_aspect_ratio == "native"
         self.per_image_features = self.native
-        self.merger_as_projector = getattr(args, "mm_projector_type", None) == "qwen_merger"
-        self.pixel_limits = (getattr(args, "min_pixels", None), getattr(args, "max_pixels", None))
+        self.merger_as_projector = options.mm_projector_type == "qwen_merger"
+        self.pixel_limits = (options.min_pixels, options.max_pixels)
         self.pretrained_merger_mlp = None  # the merger MLP's weights read from the ViT folder (qwen_merger init)
 
     def validate_select_feature(self):
