@@ -319,9 +319,9 @@ def answer_questions(checkpoint, questions, images, answers, *extra) -> list[dic
 
 
 def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
-    from PIL import Image
     from llava.conversation import conv_templates
     from llava.mm_utils import process_images, tokenizer_image_token
+    from PIL import Image
 
     seen = []
     handle = model.get_vision_tower().register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
@@ -344,8 +344,8 @@ def tower_folder_weights(path, select_layer=-2):
 
     from safetensors.torch import load_file
 
-    from llava_dpa.towers import weights as W
     from llava_dpa.llava_integration.tower_registry import build_vision_tower
+    from llava_dpa.towers import weights as W
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(path), mm_vision_select_layer=select_layer),
                                delay_load=True)
@@ -353,11 +353,26 @@ def tower_folder_weights(path, select_layer=-2):
                                     str(path))
 
 
+@pytest.fixture
+def weight_reads(monkeypatch):
+    """The folders the towers read weights from (towers/weights.load_state_dict), in order."""
+    from llava_dpa.towers import weights
+
+    reads, read = [], weights.load_state_dict
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(weights, "load_state_dict", counted)
+    return reads
+
+
 def two_turn_generate(checkpoint, image_path):
     """What llava.serve.cli does for two turns (the whole conversation re-sent each turn, the same image tensor)."""
-    from PIL import Image
     from llava.conversation import conv_templates
     from llava.mm_utils import process_images, tokenizer_image_token
+    from PIL import Image
 
     from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
     from llava_dpa.loading import load_pretrained_model

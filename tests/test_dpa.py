@@ -6,18 +6,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-import llava_dpa  # noqa: F401
 from conftest import TINY_PINPOINTS, tower_outputs_for_questions, train_cmd
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
-from llava_dpa.perceiver.base import PerceiverError
-from llava_dpa.perceiver.tower import PerceiverTower
-from llava_dpa.llava_integration.tower_registry import build_vision_tower
-from llava_dpa.training.train import train
 from test_entry_points import chat
 from test_packing import assert_packed_equals_padded
 from test_round_trips import logits, probe_batch
+
+import llava_dpa  # noqa: F401
+from llava_dpa.llava_integration.tower_registry import build_vision_tower
+from llava_dpa.perceiver.base import PerceiverError
+from llava_dpa.perceiver.tower import PerceiverTower
+from llava_dpa.training.train import train
 
 
 def tower_args(path, **kw):
@@ -56,12 +56,12 @@ def test_features_equal_a_hand_written_reference_forward(perceiver):
         assert torch.allclose(layered(pixels), hidden[:, len(tower.prefix_ids):], atol=1e-5)
 
 
-def test_delay_load_builds_from_config_and_loads_once(perceiver):
+def test_delay_load_builds_from_config_and_loads_once(perceiver, weight_reads):
     tower = build_vision_tower(tower_args(perceiver), delay_load=True)
-    assert not tower.is_loaded and tower.weight_loads == 0
+    assert not tower.is_loaded and weight_reads == []
     tower.load_model()
     tower.load_model()
-    assert tower.weight_loads == 1 and tower.vit.weight_loads == 0  # the ViT comes with the perceiver's weights
+    assert weight_reads == [str(perceiver)]  # once, and the ViT comes with the perceiver's weights
 
 
 def test_default_features_do_not_depend_on_the_question(zoo, dpa_stage2):
@@ -212,4 +212,4 @@ def test_chat_encodes_the_image_once_per_conversation(zoo, dpa_stage2):
     from conftest import two_turn_generate
 
     tower = two_turn_generate(dpa_stage2, f"{zoo['images']}/img_000.png")
-    assert tower.feature_computations == 1
+    assert tower.memo.computations == 1

@@ -3,8 +3,8 @@ model; a cache built with another tower, preprocessing or perceiver template is 
 from __future__ import annotations
 
 import pytest
-
 from conftest import in_process_logged, losses, train_cmd
+
 from llava_dpa.cli import main
 from llava_dpa.training.errors import RunConfigError
 from llava_dpa.training.train import train
@@ -46,3 +46,28 @@ def test_a_cache_of_another_tower_or_setting_is_refused(zoo, perceiver, tmp_path
     assert main(["cache-features", "--vision_tower", "dpa:" + zoo["native_perceiver"], "--data_path",
                  zoo["stage1_data"], "--image_folder", zoo["images"], "--output", str(tmp_path / "q")]) == 2
     assert "reads each sample's text" in capsys.readouterr().err
+
+
+def test_a_batch_of_tower_features_takes_the_pixels_path(baseline_stage2):
+    """TowerFeatures (what a cache hands over) go through the same projector, tile merge and splice as the
+    pixels they came from: one-tile images stacked, and a list mixing tiled and one-tile images."""
+    import torch
+
+    from llava_dpa.data.tower_features import TowerFeatures
+    from llava_dpa.llava_integration.multimodal_inputs import image_features
+    from llava_dpa.loading import load_pretrained_model
+
+    _, model, processor, _ = load_pretrained_model(str(baseline_stage2), None, "x", device="cpu")
+    model.eval()
+    tower, side = model.get_vision_tower(), processor.crop_size["height"]
+    torch.manual_seed(0)
+    stacked = torch.randn(2, 3, side, side)
+    mixed = [torch.randn(3, 3, side, side), torch.randn(3, side, side)]
+    with torch.no_grad():
+        for pixels in (stacked, mixed):
+            # as cache-features stores them: each image encoded alone, a one-tile image without its tile axis
+            features = TowerFeatures(tower.features(x[None])[0] if x.ndim == 3 else tower.features(x) for x in pixels)
+            want, got = image_features(model, pixels), image_features(model, features)
+            assert [w.shape for w in want] == [g.shape for g in got]
+            for w, g in zip(want, got):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

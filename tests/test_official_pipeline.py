@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    PY,
+    REPO,
+    answer_questions,
+    built_once,
+    entry_point,
+    free_port,
+    in_process_logged,
+    run,
+    two_turn_generate,
+)
 from safetensors import safe_open
-
-from conftest import PY, REPO, answer_questions, built_once, entry_point, free_port, in_process_logged, run, two_turn_generate
 
 NATIVE = ["--min_pixels", "256", "--max_pixels", "4096"]
 DPA, BASELINE = "dpa-qwen3-4b-official-pipeline", "llava-qwen3-4b-official-pipeline"
@@ -165,4 +174,4 @@ def test_deepspeed_loads_and_trains_the_perceiver(official, tmp_path, zero):
 def test_chat_encodes_the_image_once_per_conversation(official, entry):
     root, _, zoo = official
     tower = two_turn_generate(root / entry, sorted(Path(zoo["images"]).iterdir())[0])
-    assert tower.feature_computations == 1
+    assert tower.memo.computations == 1

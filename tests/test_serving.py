@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-
-from conftest import PY, REPO, run, train_cmd
+from conftest import REPO, train_cmd
 from serving_stack import listening_addresses, start_controller, start_web, start_worker, wait_for_models, wait_for_web
 
 from llava_dpa.serving.client import answer_of, encode_image, load_run, prompt_for, status, stream
@@ -367,7 +366,6 @@ def test_the_towers_memo_under_concurrent_requests(perceiver):
 
     tower = build_vision_tower(SimpleNamespace(mm_vision_tower=str(perceiver), mm_vision_select_layer=-1))
     tower.eval()  # inference: the memo is used
-    tower.__dict__.pop("_memo", None)
     torch.manual_seed(0)
     shared = torch.randn(1, 3, 32, 32)
     others = [torch.randn(1, 3, 32, 32) for _ in range(12)]
@@ -391,8 +389,8 @@ def test_the_towers_memo_under_concurrent_requests(perceiver):
         t.join(timeout=120)
     assert not errors and not any(t.is_alive() for t in threads), errors
     assert len(results) == 72 and all(torch.equal(r, expected) for r in results)
-    assert len(tower._memo) <= tower.MEMO_SIZE
-    assert 0 < tower.feature_computations < 2 * 72  # served from the memo, not once per call
+    assert len(tower.memo) <= tower.memo.size
+    assert 0 < tower.memo.computations < 2 * 72  # served from the memo, not once per call
 
 
 # ---- the web UI in a browser -------------------------------------------------------------------------------------

@@ -4,16 +4,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tower_folder_weights
 from PIL import Image
 
 import llava_dpa  # noqa: F401
+from llava_dpa.llava_integration.tower_registry import UnknownVisionTowerError, build_vision_tower
 from llava_dpa.towers.clip import CLIPTower
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
-from llava_dpa.llava_integration.tower_registry import UnknownVisionTowerError, build_vision_tower
 from llava_dpa.towers.siglip import SigLIPTower
 from llava_dpa.towers.siglip2 import SigLIP2Tower
-
-from conftest import tower_folder_weights
 
 pytestmark = pytest.mark.fast  # pure logic: no training subprocess
 
@@ -87,12 +86,12 @@ def test_siglip2_naflex_tower_at_a_fixed_tile(tmp_path):
     assert tower(torch.randn(3, 3, 32, 32)).shape == (3, 16, 64)
 
 
-def test_delay_load_builds_from_config_and_loads_weights_exactly_once(zoo):
+def test_delay_load_builds_from_config_and_loads_weights_exactly_once(zoo, weight_reads):
     tower = build_vision_tower(args(zoo["clip"]), delay_load=True)
-    assert not tower.is_loaded and tower.weight_loads == 0
+    assert not tower.is_loaded and weight_reads == []
     tower.load_model()
     tower.load_model()
-    assert tower.is_loaded and tower.weight_loads == 1
+    assert tower.is_loaded and weight_reads == [zoo["clip"]]
     saved = tower_folder_weights(zoo["clip"])
     ours = tower.vision_tower.state_dict()
     assert set(ours) == set(saved) and all(torch.equal(ours[k], saved[k]) for k in ours)

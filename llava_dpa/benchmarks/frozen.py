@@ -23,10 +23,13 @@ import torch
 
 from llava_dpa.benchmarks.models import build_pair, describe, run_environment
 from llava_dpa.benchmarks.throughput import _DTYPES, Pipeline, _sync
-from llava_dpa.towers.base import VisionTower
+from llava_dpa.data.tower_features import TowerFeatures
 
 
-def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]:
+def saved_bytes_and_seconds(pipeline, device, mode: str) -> tuple[int, float, float | None]:
+    """One training step. "after": the model's own forward (a frozen tower runs under no_grad, towers/base.py).
+    "before": the tower runs as its caller has it, with autograd, and its output goes in as features
+    (data/tower_features.py), so the step pays what a frozen tower cost before the explicit no_grad."""
     # activations only: each storage once (ops share saved inputs), the weights themselves not counted
     weights = {p.untyped_storage().data_ptr() for p in pipeline.model.parameters()}
     storages = {}
@@ -47,7 +50,12 @@ def saved_bytes_and_seconds(pipeline, device) -> tuple[int, float, float | None]
     start = time.perf_counter()
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(input_ids=pipeline.input_ids, labels=labels, images=pipeline.images, image_sizes=pipeline.sizes)
+            images = pipeline.images
+            if mode == "before":
+                tower = pipeline.tower
+                inputs = tower.tower_inputs(pipeline.input_ids, None, images) or {}
+                images = TowerFeatures.of(tower.features(images, **inputs))
+            out = model(input_ids=pipeline.input_ids, labels=labels, images=images, image_sizes=pipeline.sizes)
         out.loss.backward()
         _sync(device)
     finally:
@@ -65,17 +73,14 @@ def run(args) -> int:
         pipelines = {(name, mode): Pipeline(f"{name} {mode}", built[name], device, _DTYPES[args.dtype],
                                             args.text_tokens, seed=args.seed)
                      for mode in ("after", "before") for name in ("DPA", "baseline")}
-        for (_, mode), p in pipelines.items():
+        for p in pipelines.values():
             p.model.requires_grad_(True)
             p.tower.requires_grad_(False)
-            for module in p.model.modules():  # "before": every tower (a perceiver's ViT too) runs as its caller has it
-                if isinstance(module, VisionTower):
-                    module.frozen_without_autograd = mode == "after"
             p.model.enable_input_require_grads()  # as llava's train.py under --gradient_checkpointing
         results = {}
         for i in range(args.warmup + args.repeats):
             for key, p in pipelines.items():
-                saved, seconds, peak = saved_bytes_and_seconds(p, device)
+                saved, seconds, peak = saved_bytes_and_seconds(p, device, key[1])
                 if i >= args.warmup:
                     results.setdefault(key, []).append((saved, seconds, peak))
     rows = {}

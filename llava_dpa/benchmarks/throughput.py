@@ -40,11 +40,12 @@ from tqdm import tqdm
 
 from llava_dpa.analysis.flops import training_flops
 from llava_dpa.benchmarks.models import build_pair, describe
+from llava_dpa.data.tower_features import TowerFeatures
 from llava_dpa.llava_integration.inference import conv_mode_for, to_model
 from llava_dpa.loading import load_pretrained_model
 from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
 from llava_dpa.perceiver.tower import PerceiverTower
-from llava_dpa.towers.base import VisionTower
+from llava_dpa.towers.base import clear_feature_memos
 from llava_dpa.towers.qwen2_5_vl import Qwen2_5_VLTower
 from llava_dpa.training.parts import Part, part_of
 
@@ -138,18 +139,13 @@ class Pipeline:
                                                                          dtype=dtype)
         self.model.eval()
         self.tower = self.model.get_vision_tower()
-
-        for module in self.model.modules():  # every prefill encodes its image: no inference memo
-            if isinstance(module, VisionTower):
-                module.MEMO_SIZE = 0
         self.input_ids, processed, self.sizes = synthetic_prompt(self.tokenizer, self.model, processor, text_tokens,
                                                                  seed, image_side)
         self.input_ids = self.input_ids.to(device)
         self.images = to_model(processed, self.model)
-        if cached_features:
+        if cached_features:  # the tower's output, as a feature cache hands it over
             with torch.no_grad():
-                self.images = self.tower(self.images).unsqueeze(-1)  # [1, tokens, d, 1], as the cache hands them over
-            self.tower.reads_cached_features = True
+                self.images = TowerFeatures.of(self.tower(self.images))
         self.clock = ComponentClock(self.components(), device)
 
     def components(self) -> dict:
@@ -169,6 +165,7 @@ class Pipeline:
 
     # ---- the operations ------------------------------------------------------------------------------
     def prefill(self):
+        clear_feature_memos(self.model)  # every prefill encodes its image, as a new request's does
         return self.model(input_ids=self.input_ids, images=self.images, image_sizes=self.sizes, use_cache=True)
 
     def decode_state(self):

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from llava_dpa.data.anyres import parse_pinpoints, process_anyres_image
 from llava_dpa.data.preprocess import preprocess
 from llava_dpa.data.tokenization import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava_dpa.data.tower_features import TowerFeatures
 
 logger = logging.getLogger("llava_dpa.data")
 
@@ -258,7 +259,8 @@ class LazySupervisedDataset(Dataset):
             elif not images:
                 side = processor.crop_size["height"]
                 images, sizes = [torch.zeros(3, side, side)], [(side, side)]
-            out["images"], out["image_sizes"] = images, sizes
+            out["images"] = TowerFeatures(images) if spec.feature_cache is not None else images
+            out["image_sizes"] = sizes
         return out
 
 
@@ -294,7 +296,10 @@ class DataCollatorForSupervisedDataset:
         if "images" in instances[0]:
             images = [img for x in instances for img in x["images"]]
             sizes = [s for x in instances for s in x["image_sizes"]]
-            batch["images"] = torch.stack(images) if all(im.shape == images[0].shape for im in images) else images
+            if isinstance(instances[0]["images"], TowerFeatures):  # a feature cache's: one tensor per image
+                batch["images"] = TowerFeatures(images)
+            else:  # pixels as LLaVA's collator batches them: one tensor when the shapes agree
+                batch["images"] = torch.stack(images) if all(im.shape == images[0].shape for im in images) else images
             batch["image_sizes"] = sizes
         return batch
 

@@ -13,9 +13,9 @@ The cache is a folder:
 - `index.json`: image key -> shard and the image's size; rewritten after every shard, so an interrupted run
   resumes where it stopped.
 
-Features are stored with a trailing singleton axis, [tokens, d, 1] for a square image and [tiles, tokens, d, 1]
-for anyres, so they travel through LLaVA's pixel-shaped batching ([C, H, W] and [tiles, C, H, W]) unchanged;
-the tower, in cached mode, drops the axis and returns them (towers/base.py).
+Features are stored as the tower gives them for the image's pixels, [tokens, d] for a square image and
+[tiles, tokens, d] for anyres. They reach the model as features (data/tower_features.TowerFeatures), which
+`llava_integration/multimodal_inputs.image_features` takes where it would have run the tower.
 
 The Qwen-VL perceiver reads each sample's text before its images, so its features are not a function of the
 image alone: it is refused. So are the instruction context and a tower that trains in the stage.
@@ -31,7 +31,7 @@ import torch
 
 from llava_dpa.data.dataset import image_files_of, process_image
 
-FORMAT = 1
+FORMAT = 2  # 1 stored a trailing singleton axis (features shaped as pixels); rebuild such a cache
 
 
 class FeatureCacheError(ValueError):
@@ -174,9 +174,9 @@ def build_cache(tower, spec, records: list[dict], output: str, shard_size: int =
             batch = pixels if pixels.ndim == 4 else pixels.unsqueeze(0)  # tiles, or the one image
             features = tower.features(batch).detach().to("cpu", torch.float32)
             features = features if pixels.ndim == 4 else features[0]
-            pending[key] = (features.unsqueeze(-1).contiguous(), image.size)
+            pending[key] = (features.contiguous(), image.size)
             if placeholder is None:
-                placeholder = list(features.shape[-2:]) + [1]
+                placeholder = list(features.shape[-2:])
             done += 1
             if len(pending) >= shard_size:
                 flush()

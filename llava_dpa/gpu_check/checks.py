@@ -39,7 +39,6 @@ from llava_dpa.loading import load_pretrained_model
 from llava_dpa.recipes.paper import get
 from llava_dpa.recipes.render import stage1_dir, stage_command
 from llava_dpa.recipes.settings import Settings
-from llava_dpa.towers.base import VisionTower
 from llava_dpa.towers.weights import read_config_dict
 from llava_dpa.training import train as train_module
 from llava_dpa.training.parts import part_of
@@ -94,11 +93,7 @@ def peak_memory(ctx: Context, box: dict, key: str = "peak_memory_gib"):
 
 def load(ctx: Context, path: str, dtype=None):
     tokenizer, model, processor, _ = load_pretrained_model(path, None, None, device=ctx.device, dtype=dtype or ctx.dtype)
-    model.eval()
-
-    for module in model.modules():  # every forward encodes its images: no inference memo
-        if isinstance(module, VisionTower):
-            module.MEMO_SIZE = 0
+    model.eval()  # each check's first forward encodes its images (the towers' inference memos start empty)
     return tokenizer, model, processor
 
 

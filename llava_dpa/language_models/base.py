@@ -10,8 +10,6 @@ from typing import Optional
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from llava_dpa.data.packing import pack_rows
-
 
 class LlavaCausalLMMixin:
     """Put first in the bases: `class X(LlavaCausalLMMixin, QwenForCausalLM, LlavaMetaForCausalLM)`."""
@@ -26,14 +24,11 @@ class LlavaCausalLMMixin:
                 output_hidden_states: Optional[bool] = None, images=None, image_sizes=None,
                 return_dict: Optional[bool] = None, cache_position=None, packed: bool = False, **kwargs):
         # The batch becomes the target's input embeddings in one module (llava_integration/multimodal_inputs.py,
-        # through LLaVA's prepare_inputs_labels_for_multimodal).
+        # through LLaVA's prepare_inputs_labels_for_multimodal), a pack from the packing sampler included.
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(
-                input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes)
-        if packed:  # one pack: the spliced samples end to end, each attending to itself (data/packing.py)
-            inputs_embeds, block, position_ids, labels = pack_rows(inputs_embeds, attention_mask, labels)
-            attention_mask = None if self.config._attn_implementation == "flash_attention_2" else block
+                input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes, packed=packed)
         out = super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                               use_cache=use_cache, output_attentions=output_attentions,

@@ -8,8 +8,8 @@ LLaVA's `prepare_inputs_labels_for_multimodal` delegates here (patches/11-multim
                        │                           (flat, or anyres spatial with unpad + image_newline), whole
                        │                           images one tensor each
                        ├─ splice ................. each image's features at its <image>; labels ignore them
-                       └─ pad .................... truncate to the tokenizer's limit, pad left or right
-    (packing: `data/packing.pack_rows` lays the padded rows end to end, in the model's forward)
+                       ├─ pad .................... truncate to the tokenizer's limit, pad left or right
+                       └─ pack_rows .............. a pack (data/packing.py): the rows end to end, a block mask
 
 One embedding call for the batch's text, whatever its number of samples: under DeepSpeed ZeRO-3 every rank
 then calls the embedding once per step (packs hold different numbers of samples; per-sample calls made the
@@ -21,20 +21,26 @@ import torch
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import unpad_image
 
+from llava_dpa.data.packing import pack_rows
 from llava_dpa.data.tokenization import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava_dpa.data.tower_features import TowerFeatures
 
 
 def prepare_inputs_labels_for_multimodal(model, input_ids, position_ids, attention_mask, past_key_values, labels,
-                                         images, image_sizes=None, tower_inputs=None):
+                                         images, image_sizes=None, tower_inputs=None, packed=False):
     """LLaVA's contract: (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels), with
     input_ids None once the embeddings are built. `tower_inputs` defaults to what the tower reads from this call's
-    own text (the perceiver's context)."""
+    own text (the perceiver's context). `packed` (a batch from the packing sampler, data/packing.py): the rows
+    become one row end to end, each sample attending only to itself."""
     tower = model.get_vision_tower()
     if tower is None or images is None or input_ids.shape[1] == 1:
+        if packed:
+            raise ValueError("a packed batch needs a vision tower and images (the packing sampler's batches carry "
+                             "a placeholder image for text-only samples); train without packing")
         return input_ids, position_ids, attention_mask, past_key_values, None, labels
     if getattr(model.config, "tune_mm_mlp_adapter", False) and getattr(model.config, "mm_use_im_start_end", False):
         raise NotImplementedError("image start/end tokens in stage 1 (LLaVA never implemented them)")
-    if tower_inputs is None:
+    if tower_inputs is None and not isinstance(images, TowerFeatures):  # a cache's features need no tower inputs
         tower_inputs = tower.tower_inputs(input_ids, attention_mask, images)
     features = image_features(model, images, image_sizes, tower_inputs)
 
@@ -51,6 +57,11 @@ def prepare_inputs_labels_for_multimodal(model, input_ids, position_ids, attenti
     left = getattr(model.config, "tokenizer_padding_side", "right") == "left"
     embeds, new_labels, mask, positions = pad(embeds, new_labels, left, keep.dtype,
                                               position_ids.dtype if position_ids is not None else torch.long)
+    if packed:
+        embeds, block, positions, packed_labels = pack_rows(embeds, mask, new_labels)
+        flash = model.config._attn_implementation == "flash_attention_2"  # it reads the restarting positions
+        return (None, positions, None if flash else block, past_key_values, embeds,
+                packed_labels if labels is not None else None)
     return (None, positions if position_ids is not None else None,
             mask.to(attention_mask.dtype) if attention_mask is not None else None, past_key_values, embeds,
             new_labels if labels is not None else None)
@@ -63,15 +74,29 @@ def text_embeddings(model, rows: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def image_features(model, images, image_sizes=None, tower_inputs=None) -> list[torch.Tensor]:
-    """One [tokens, d_target] tensor per image, in the order of the batch's <image> placeholders."""
+    """One [tokens, d_target] tensor per image, in the order of the batch's <image> placeholders. `images` are
+    pixels, or the tower's output already (TowerFeatures, from a feature cache), one per image with the pixels'
+    leading axes: both take the same branch below."""
     inner, tower = model.get_model(), model.get_vision_tower()
+    cached = isinstance(images, TowerFeatures)
+
+    def encoded(pixels):  # the tower's output, or what a cache holds of it (at the tower's device and dtype)
+        if not cached:
+            return tower(pixels, **(tower_inputs or {}))
+        if isinstance(pixels, list):
+            return [x.to(device=tower.device, dtype=tower.dtype) for x in pixels]
+        return pixels.to(device=tower.device, dtype=tower.dtype)
+
     if tower.per_image_features:  # whole images at native resolution: one tensor per image, its own length
-        features = tower(images, **(tower_inputs or {}))
+        features = list(encoded(images))
         return list(inner.mm_projector(torch.cat(features)).split([f.shape[0] for f in features]))
-    if not (isinstance(images, list) or images.ndim == 5):  # [N, 3, H, W]: one tile per image
-        return list(inner.mm_projector(tower(images, **(tower_inputs or {}))))
-    images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]  # per image: [tiles, 3, H, W]
-    tiles = inner.mm_projector(tower(torch.cat(images), **(tower_inputs or {})))
+    tile_ndim = 2 if cached else 3  # one tile: [3, H, W] pixels, [tokens, d] features
+    if cached and all(x.ndim == tile_ndim for x in images):
+        images = torch.stack(list(images))  # as LLaVA's collator stacks one-tile pixels
+    if not isinstance(images, list) and images.ndim == tile_ndim + 1:  # [N, 3, H, W]: one tile per image
+        return list(inner.mm_projector(encoded(images)))
+    images = [x.unsqueeze(0) if x.ndim == tile_ndim else x for x in images]  # per image: [tiles, 3, H, W]
+    tiles = inner.mm_projector(encoded(torch.cat(images)))
     per_image = tiles.split([x.shape[0] for x in images])
     merge = getattr(model.config, "mm_patch_merge_type", "flat")
     if merge == "flat":

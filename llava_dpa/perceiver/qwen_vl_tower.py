@@ -32,7 +32,7 @@ from llava_dpa.data.native_resolution import (
     patches_and_grids,
     whole_images,
 )
-from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX, load_tokenizer
+from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
 from llava_dpa.perceiver.base import PerceiverTowerBase
 from llava_dpa.perceiver.buckets import perceiver_buckets
 from llava_dpa.perceiver.instruction import ROLE, turn_end_ids
@@ -100,7 +100,6 @@ class QwenVLPerceiverTower(PerceiverTowerBase):
         model_keys = set(self.perceiver.state_dict())
         self.check_weights(set(state), model_keys)
         W.load_into(self.perceiver, {k: v for k, v in state.items() if k in model_keys}, strict=True)
-        self.weight_loads += 1
         self.is_loaded = True
 
     # ---- tokenizers ----------------------------------------------------------------------------------
@@ -202,9 +201,15 @@ class QwenVLPerceiverTower(PerceiverTowerBase):
         if sum(len(c) for c in contexts) != len(images):
             raise QwenVLPerceiverError(f"{len(images)} images for {sum(len(c) for c in contexts)} image slots in the "
                                        f"batch")
-        return self.encode(images, contexts)
+        return self.encode_samples(images, contexts)
 
-    def encode(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
+    def encode(self, pixel_values: torch.Tensor, contexts=None) -> torch.Tensor:
+        """The towers' contract, [N, 3, H, W] -> [N, tokens, d]: N images of one size, each read as a sample of
+        its own (or as `contexts` place them). The model's forward goes through `features`, which takes whole
+        images of any size."""
+        return torch.stack(self.features(list(pixel_values), contexts))
+
+    def encode_samples(self, images: list[torch.Tensor], contexts: list[list[list[int]]]) -> list[torch.Tensor]:
         """Per image, its features. The samples' sequences run in length buckets (perceiver/buckets.py): whole
         images at native resolution differ widely in token count, and one batch padded to the longest would
         spend most of its compute on padding."""

@@ -100,7 +100,6 @@ class PerceiverTower(PerceiverTowerBase):
         W.load_into(self.perceiver, {k: v for k, v in state.items() if k in own}, strict=False)
         self.perceiver.tie_weights()
         self.vit.mark_loaded()
-        self.weight_loads += 1
         self.is_loaded = True
 
     def is_tied(self, key: str) -> bool:

@@ -8,13 +8,14 @@ a trained checkpoint rebuilds its tower with the original tower folder gone.
 """
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn as nn
 
 from llava_dpa.towers import weights as W
+from llava_dpa.towers.feature_memo import FeatureMemo
+from llava_dpa.towers.options import TowerOptions
 
 
 def attention_implementation(requested: str | None = None) -> str:
@@ -27,9 +28,6 @@ def attention_implementation(requested: str | None = None) -> str:
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return "flash_attention_2"
     return "sdpa"
-
-
-_MEMO_LOCK = threading.RLock()
 
 
 class VisionTower(nn.Module, ABC):
@@ -45,20 +43,19 @@ class VisionTower(nn.Module, ABC):
     per_image_features: bool = False
     #: what the user got, in the words the start-of-training banner and the docs use
     label: str = "ViT tower"
-    #: set once when a run reads --feature_cache: the "images" are this tower's stored features
-    reads_cached_features: bool = False
 
-    def __init__(self, vision_tower: str, args, delay_load: bool = False):
+    def __init__(self, options: TowerOptions, delay_load: bool = False):
         super().__init__()
-        self.vision_tower_name = vision_tower
+        self.options = options
+        self.memo = FeatureMemo(options.memo_size)  # the inference memo (feature_memo.py)
+        self.vision_tower_name = options.vision_tower
         self.is_loaded = False
-        self.weight_loads = 0  # how many times load_model read weights (tests assert exactly once)
-        self.attn_implementation = attention_implementation(getattr(args, "tower_attn_implementation", None))
+        self.attn_implementation = attention_implementation(options.tower_attn_implementation)
 
-        embedded = getattr(args, "mm_vision_tower_config", None)
+        embedded = options.mm_vision_tower_config
         self.tower_config_dict = dict(embedded) if embedded else W.read_config_dict(self.source_path)
-        self.read_options(args)
-        processor = getattr(args, "mm_vision_tower_processor", None)
+        self.read_options(options)
+        processor = options.mm_vision_tower_processor
         self.processor_dict = dict(processor) if processor else self.read_processor_dict(self.source_path)
 
         encoder = self.build_model(self.tower_config_dict)
@@ -77,10 +74,10 @@ class VisionTower(nn.Module, ABC):
     def encoder(self) -> nn.Module:
         return getattr(self, self.encoder_name)
 
-    def read_options(self, args) -> None:
-        """The tower's own settings from LLaVA's arguments (or a checkpoint's config)."""
-        self.select_layer = getattr(args, "mm_vision_select_layer", -2)
-        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+    def read_options(self, options: TowerOptions) -> None:
+        """The tower's own settings (towers/options.py: from LLaVA's arguments or a checkpoint's config)."""
+        self.select_layer = options.mm_vision_select_layer
+        self.select_feature = options.mm_vision_select_feature
         self.validate_select_feature()
 
     # ---- what each tower defines -------------------------------------------------------------------
@@ -125,7 +122,6 @@ class VisionTower(nn.Module, ABC):
         state = W.load_state_dict(self.vision_tower_name)
         sub = W.select_submodule_state(state, self.vision_tower, self.checkpoint_prefixes, self.vision_tower_name)
         W.load_into(self.vision_tower, sub, strict=True)
-        self.weight_loads += 1
         self.is_loaded = True
 
     def mark_loaded(self):
@@ -152,60 +148,24 @@ class VisionTower(nn.Module, ABC):
     def forward(self, images, **tower_inputs):
         """The features of `images`. A tower that trains (stage 2, LoRA, the auxiliary loss) runs with autograd;
         a frozen one (stage 1, --freeze_perceiver) and any tower at inference run under no_grad, so they build no
-        graph whatever their inputs. At inference the features are also memoised per image content, tower
-        inputs and weights, so a chat encodes its image once per conversation, not once per turn."""
-        if self.reads_cached_features:  # data/feature_cache.py: [.., tokens, d, 1] travelled as pixels travel
-            if isinstance(images, (list, tuple)):
-                return [x.squeeze(-1).to(device=self.device, dtype=self.dtype) for x in images]
-            return images.squeeze(-1).to(device=self.device, dtype=self.dtype)
+        graph whatever their inputs. At inference the features come through the tower's memo (feature_memo.py),
+        so a chat encodes its image once per conversation, not once per turn."""
         grad = torch.is_grad_enabled()
-        if grad and (not self.frozen_without_autograd or any(p.requires_grad for p in self.parameters())):
+        if grad and any(p.requires_grad for p in self.parameters()):
             return self.features(images, **tower_inputs)
         with torch.no_grad():
             # Memoised only where the caller itself runs without autograd (inference): a stored tensor must
             # never meet a graph that would save it for backward.
             if self.training or grad:
                 return self.features(images, **tower_inputs)
-            return self.memoised_features(images, tower_inputs)
+            return self.memo.features(self.features, images, tower_inputs, self.parameters(), self.device, self.dtype)
 
     def features(self, images, **tower_inputs):
+        """The encoder's output, as the caller's autograd has it (no memo, no no_grad)."""
         if isinstance(images, list):
             return [self.encode(image.to(device=self.device, dtype=self.dtype).unsqueeze(0), **tower_inputs)
                     for image in images]
         return self.encode(images.to(device=self.device, dtype=self.dtype), **tower_inputs)
-
-    #: False lets a frozen tower run with autograd as its caller has it: only `llava-dpa bench-frozen` sets it (on
-    #: its own "before" models), to measure what the explicit no_grad saves
-    frozen_without_autograd = True
-
-    #: how many distinct (images, inputs) results inference keeps
-    MEMO_SIZE = 8
-
-    def memoised_features(self, images, tower_inputs: dict):
-        import hashlib
-
-        if not self.MEMO_SIZE:  # the bench measures encoding itself
-            return self.features(images, **tower_inputs)
-        digest = hashlib.sha1()
-        for image in (images if isinstance(images, (list, tuple)) else [images]):
-            digest.update(str((tuple(image.shape), image.dtype)).encode())
-            digest.update(image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        weights = sum(p._version for p in self.parameters())  # bumped by every in-place update (training, loading)
-        key = (digest.hexdigest(), repr(tower_inputs), weights, self.device, self.dtype, torch.is_inference_mode_enabled())
-        # One lock for every tower (a lock attribute would make the module unpicklable) guards the memo's reads and
-        # writes, so concurrent requests of a model worker never race on eviction. The encoding itself runs outside
-        # it: requests encode in parallel, and two that miss the same image at once may both encode it.
-        with _MEMO_LOCK:
-            memo = self.__dict__.setdefault("_memo", {})
-            if key in memo:
-                return memo[key]
-        features = self.features(images, **tower_inputs)
-        with _MEMO_LOCK:
-            while len(memo) >= self.MEMO_SIZE:
-                memo.pop(next(iter(memo)))
-            memo[key] = features
-            self.feature_computations = getattr(self, "feature_computations", 0) + 1
-        return features
 
     @property
     def dummy_feature(self):
@@ -230,6 +190,14 @@ class VisionTower(nn.Module, ABC):
     @property
     def num_patches(self) -> int:
         return self.num_patches_per_side ** 2
+
+
+def clear_feature_memos(model: nn.Module) -> None:
+    """Empty every tower's inference memo in `model` (a perceiver's ViT included): the next call encodes its images.
+    The benches call it before each timed call, which must encode."""
+    for module in model.modules():
+        if isinstance(module, VisionTower):
+            module.memo.clear()
 
 
 class VisionModelLayout(nn.Module):

@@ -108,7 +108,6 @@ class Qwen2_5_VLTower(VisionTower):
                                        self.vision_tower_name) if not self.merger_as_projector else \
             self._without_merger_mlp(state)
         W.load_into(self.vision_tower, sub, strict=True)
-        self.weight_loads += 1
         self.is_loaded = True
 
     def _without_merger_mlp(self, state: dict) -> dict:

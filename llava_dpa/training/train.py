@@ -59,8 +59,7 @@ def open_feature_cache(run: RunConfig, tower, tokenizer):
         reader = FeatureCacheReader(run.data.feature_cache, manifest_for(tower, data_spec(run, tower, tokenizer)))
     except FeatureCacheError as exc:
         raise RunConfigError(str(exc)) from None
-    tower.reads_cached_features = True
-    return reader
+    return reader  # its features reach the model as data.tower_features.TowerFeatures; the tower is not switched
 
 
 def data_spec(run: RunConfig, tower, tokenizer, feature_cache=None) -> DataSpec:
