@@ -26,6 +26,15 @@ PY = sys.executable
 from llava_dpa.zoo.recipes import TINY_PINPOINTS  # noqa: F401,E402  (tests import it from here)
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def on_line(major: str, why: str):
+    """Run a test on one transformers line only (`make test` runs both): for an expensive test whose subject does
+    not depend on the line, or whose line-dependent part another test covers on both. `why` says which."""
+    import transformers
+
+    return pytest.mark.skipif(not transformers.__version__.startswith(f"{major}."),
+                              reason=f"runs on the {major}.x line only: {why}")
 if WORKER:
     # Two workers on two cores: each worker, and every process it starts, computes on one thread, so the
     # workers do not fight over the cores (and a 2-rank DeepSpeed job gets one core per rank).

@@ -5,9 +5,11 @@ import importlib.metadata
 import sys
 import zipfile
 
-from conftest import PY, REPO, run, train_cmd
+from conftest import PY, REPO, on_line, run, train_cmd
 
 
+@on_line("5", "the wheel is one pure-Python package for both lines; installing it and a training step take two "
+              "minutes, and the 4.57 line's suite is the longer")
 def test_the_wheel_installs_patches_llava_trains_and_chats_outside_the_repository(zoo, tmp_path):
     run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", REPO],
         timeout=900)
