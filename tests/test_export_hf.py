@@ -25,7 +25,9 @@ from llava_dpa.export import hf as export
 PROBE = REPO / "tests" / "export_hf_probe.py"
 TOLERANCE = 1e-5
 ON_4 = __import__("transformers").__version__.startswith("4.")
-OTHER_PYTHON = REPO / (".venv-tf5" if ON_4 else ".venv") / "bin" / "python"
+#: the other transformers line's interpreter: LLAVA_DPA_OTHER_PYTHON (as `make test-line` sets it), else its venv here
+OTHER_PYTHON = Path(os.environ.get("LLAVA_DPA_OTHER_PYTHON") or
+                    REPO / (".venv-tf5" if ON_4 else ".venv") / "bin" / "python")
 
 #: the LLaVA path's prompts for export_hf_probe.cases(): what LLaVA's CLI sends (<image>\n before the question)
 PROMPTS = {"single": [("<image>\nWhat color is the shape?", None)],
@@ -177,6 +179,34 @@ def test_export_loads_on_the_other_line(kind, exported, images, tmp_path):
         print(f"{kind} {name}: saved on {here['version']}, loaded on {there['version']}: max |logit diff| {diff:.2e}")
         assert diff <= TOLERANCE, (kind, name, diff)
         assert here[name]["cached"] == there[name]["cached"], name
+
+
+#: loads an export as a user does; any question transformers asks on the terminal (its "Do you wish to run the
+#: custom code?" prompt, which it swallows when unanswered) fails the load
+NO_PROMPT = """
+import builtins, sys
+asked = []
+def ask(prompt=""):
+    asked.append(prompt)
+    raise EOFError
+builtins.input = ask
+from transformers import AutoModelForImageTextToText, AutoProcessor
+AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True)
+AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+sys.exit(f"asked on the terminal: {asked}" if asked else 0)
+"""
+
+
+@pytest.mark.parametrize("line", ["this", "other"])
+def test_loading_asks_nothing_with_trust_remote_code(line, exported, tmp_path):
+    python = sys.executable if line == "this" else OTHER_PYTHON
+    if line == "other" and not OTHER_PYTHON.is_file():
+        pytest.skip(f"the other transformers line's venv ({OTHER_PYTHON}) is not set up")
+    folder = exported("dpa_instruction_context")  # a perceiver tokenizer too
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([str(python), "-c", NO_PROMPT, str(folder)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def test_export_folder_is_safetensors_with_a_card(exported):

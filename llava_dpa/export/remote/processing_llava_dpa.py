@@ -30,10 +30,12 @@ IMAGE_TOKEN = "<image>"
 _ROLE = re.compile(r"^\s*(user|human|USER|Human)\s*:?\s*", flags=re.DOTALL)
 
 
-def load_tokenizer(folder: str):
+def load_tokenizer(folder: str, trust_remote_code=None):
     """AutoTokenizer; under transformers 4.x, a tokenizer that 5.x saved (class `TokenizersBackend`, added
-    special tokens listed as `extra_special_tokens`) is read as the generic fast tokenizer it is."""
-    kwargs = {}
+    special tokens listed as `extra_special_tokens`) is read as the generic fast tokenizer it is.
+    `trust_remote_code` is the caller's: AutoTokenizer on 5.x reads the folder's config.json (whose auto_map names
+    the remote code) and, not told, asks on the terminal whether to run it."""
+    kwargs = {"trust_remote_code": trust_remote_code}
     path = os.path.join(folder, "tokenizer_config.json")
     if transformers.__version__.startswith("4.") and os.path.isfile(path):
         with open(path) as f:
@@ -44,6 +46,7 @@ def load_tokenizer(folder: str):
         if config.get("tokenizer_class") == "TokenizersBackend":
             from transformers import PreTrainedTokenizerFast
 
+            kwargs.pop("trust_remote_code")
             return PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
     return AutoTokenizer.from_pretrained(folder, **kwargs)
 
@@ -93,12 +96,13 @@ class LlavaDpaProcessor:
     @classmethod
     def from_pretrained(cls, folder, **kwargs):
         folder = str(folder)
+        trust = kwargs.get("trust_remote_code")
         if os.path.isdir(folder):
             with open(os.path.join(folder, PROCESSOR_FILE)) as f:
                 settings = json.load(f)
             perceiver_dir = os.path.join(folder, PERCEIVER_TOKENIZER)
-            perceiver = load_tokenizer(perceiver_dir) if os.path.isdir(perceiver_dir) else None
-            return cls(load_tokenizer(folder), settings, perceiver)
+            perceiver = load_tokenizer(perceiver_dir, trust) if os.path.isdir(perceiver_dir) else None
+            return cls(load_tokenizer(folder, trust), settings, perceiver)
         # a Hub repository: its files through transformers' own cache
         from transformers.utils import cached_file
 
@@ -108,8 +112,9 @@ class LlavaDpaProcessor:
         perceiver = None
         if cached_file(folder, f"{PERCEIVER_TOKENIZER}/tokenizer_config.json", **hub,
                        _raise_exceptions_for_missing_entries=False):
-            perceiver = AutoTokenizer.from_pretrained(folder, subfolder=PERCEIVER_TOKENIZER, **hub)
-        return cls(AutoTokenizer.from_pretrained(folder, **hub), settings, perceiver)
+            perceiver = AutoTokenizer.from_pretrained(folder, subfolder=PERCEIVER_TOKENIZER, trust_remote_code=trust,
+                                                      **hub)
+        return cls(AutoTokenizer.from_pretrained(folder, trust_remote_code=trust, **hub), settings, perceiver)
 
     def save_pretrained(self, folder, **kwargs):
         os.makedirs(folder, exist_ok=True)
