@@ -417,6 +417,70 @@ def test_the_vllm_engine_closes_a_request_the_client_left(splices, zoo):
     assert fake.closed == ["req-1"]  # AsyncLLM aborts a request whose generator is closed
 
 
+def test_serve_builds_the_vllm_engine_on_a_stock_target(dpa_stage2, splices, zoo, monkeypatch):
+    """`build_service(engine="vllm")` (what `serve --engine vllm` runs), vLLM's start replaced by the stand-in: the
+    engine is started on an exported target folder that loads as the stock class and whose logits on the prompt
+    embeddings the engine receives are the LLaVA model's; the serving process keeps no target layers and still
+    sends the full splice's embeddings."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoModelForCausalLM
+
+    from llava_dpa.serving import server as serving
+    from llava_dpa.serving.engines import VLLMEngine
+    from llava_dpa.serving.openai_api import create_app
+
+    fake, started = FakeAsyncLLM(), {}
+
+    def start(target_dir, **kwargs):
+        started.update(kwargs, target_dir=target_dir)
+        return VLLMEngine(fake, FakeSamplingParams, "DELTA")
+
+    monkeypatch.setattr(serving.VLLMEngine, "start", staticmethod(start))
+    service = serving.build_service(dpa_stage2, engine="vllm", device="cpu", model_name=SERVED)
+    assert service.engine.name == "vllm" and started["dtype"] == "float32"
+    assert started["max_model_len"] == service.max_length
+    assert len(service.splice.model.get_model().layers) == 0  # the target's layers run on vLLM, not here
+    messages = conversation(zoo)
+    with TestClient(create_app(service)) as client:
+        answer = client.post("/v1/chat/completions", json={"model": SERVED, "messages": as_openai(messages),
+                                                           "max_tokens": 5, "temperature": 0})
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "The shape is red."
+    embeds = fake.calls[-1].prompt["prompt_embeds"]
+    spliced = splices["dpa"].embed(messages)  # the full model's splice
+    assert torch.equal(embeds, spliced.embeds)
+    target = AutoModelForCausalLM.from_pretrained(started["target_dir"], dtype=torch.float32)
+    assert type(target).__name__ == "Qwen3ForCausalLM"
+    config = json.loads((Path(started["target_dir"]) / "config.json").read_text())
+    assert config["model_type"] == "qwen3" and not any(k.startswith("mm_") for k in config)
+    with torch.inference_mode():
+        logits = target(inputs_embeds=embeds[None]).logits[0]
+    torch.testing.assert_close(logits, llava_path(splices["dpa"], spliced)[1], rtol=0, atol=1e-5)
+
+
+def test_the_endpoint_serves_the_baseline(splices, zoo):
+    """The baseline checkpoint behind the same endpoint (hf engine): plain and streamed greedy answers equal
+    LLaVA's own generate on it."""
+    from fastapi.testclient import TestClient
+
+    from llava_dpa.serving.engines import HFEngine
+    from llava_dpa.serving.openai_api import ChatService, create_app
+
+    splice = splices["baseline"]
+    service = ChatService(splice, HFEngine(splice.model, splice.tokenizer), "baseline")
+    with TestClient(create_app(service)) as client:
+        for messages in (conversation(zoo)[:1], conversation(zoo)):
+            expected = llava_greedy(splice, splice.embed(messages))
+            body = {"model": "baseline", "messages": as_openai(messages), "max_tokens": 16, "temperature": 0}
+            answer = client.post("/v1/chat/completions", json=body).json()
+            assert answer["choices"][0]["message"]["content"] == expected
+            assert answer["usage"]["prompt_tokens"] == len(splice.embed(messages))
+            with client.stream("POST", "/v1/chat/completions", json=dict(body, stream=True)) as r:
+                events = [line[len("data: "):] for line in r.iter_lines() if line]
+            assert events[-1] == "[DONE]"
+            assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]
+                           if json.loads(e)["choices"]) == expected
+
+
 def test_vllm_is_imported_only_by_the_vllm_engine():
     code = ("import sys, llava_dpa.serving.engines, llava_dpa.serving.openai_api, llava_dpa.commands.serve; "
             "assert 'vllm' not in sys.modules, 'vllm imported'")

@@ -1,5 +1,5 @@
 """`llava-dpa serve CHECKPOINT`: an OpenAI-compatible chat endpoint (docs/serving.md); the work is
-`llava_dpa.serving`'s. Until the CLI lists it: `python -m llava_dpa.commands.serve CHECKPOINT ...`."""
+`llava_dpa.serving`'s. `python -m llava_dpa.commands.serve CHECKPOINT ...` is the same command."""
 from __future__ import annotations
 
 import argparse
