@@ -24,6 +24,16 @@ import torch
 from llava_dpa.benchmarks.models import build_pair, describe, run_environment
 from llava_dpa.benchmarks.throughput import _DTYPES, Pipeline, _sync
 from llava_dpa.data.tower_features import TowerFeatures
+from llava_dpa.perceiver.tower import PerceiverTower
+
+
+def with_autograd(tower, input_ids, images):
+    """The tower's features with autograd as the caller has it, a LLaVA-format perceiver's own ViT tower included:
+    what a frozen tower cost before the explicit no_grad (`VisionTower.forward`)."""
+    inputs = tower.tower_inputs(input_ids, None, images) or {}
+    if isinstance(tower, PerceiverTower):
+        return tower.perceive(tower.vit.features(images), **inputs)
+    return tower.features(images, **inputs)
 
 
 def saved_bytes_and_seconds(pipeline, device, mode: str) -> tuple[int, float, float | None]:
@@ -52,9 +62,7 @@ def saved_bytes_and_seconds(pipeline, device, mode: str) -> tuple[int, float, fl
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             images = pipeline.images
             if mode == "before":
-                tower = pipeline.tower
-                inputs = tower.tower_inputs(pipeline.input_ids, None, images) or {}
-                images = TowerFeatures.of(tower.features(images, **inputs))
+                images = TowerFeatures.of(with_autograd(pipeline.tower, pipeline.input_ids, images))
             out = model(input_ids=pipeline.input_ids, labels=labels, images=images, image_sizes=pipeline.sizes)
         out.loss.backward()
         _sync(device)

@@ -114,10 +114,13 @@ class PerceiverTower(PerceiverTowerBase):
 
     # ---- features ------------------------------------------------------------------------------------
     def encode(self, pixel_values: torch.Tensor, contexts: list[list[int]] | None = None) -> torch.Tensor:
+        return self.perceive(self.vit(pixel_values), contexts)
+
+    def perceive(self, vit_features: torch.Tensor, contexts: list[list[int]] | None = None) -> torch.Tensor:
         """Per tile: [prefix] (+ [instruction context]) + [projected ViT tokens] through the perceiver LM;
         `contexts` (one token-id list per tile) replaces the prefix when the instruction context is on."""
         inner = self.perceiver.get_model()
-        visual = inner.mm_projector(self.vit(pixel_values))
+        visual = inner.mm_projector(vit_features)
         n, tokens, _ = visual.shape
         if contexts is None:  # instruction-agnostic: the same prefix for every tile, so no padding at all
             ids = torch.tensor(self.prefix_ids, dtype=torch.long, device=visual.device)
