@@ -68,8 +68,9 @@ test-line: browser setup setup-eval
 	LLAVA_DPA_OTHER_PYTHON=$(if $(OTHER_VENV),$(CURDIR)/$(OTHER_VENV)/bin/python) \
 	  $(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=25 -ra tests
 
-# The fast tier: pure logic, no training (pytest marker `fast`).
-test-fast: setup
+# The fast tier: pure logic, no training (pytest marker `fast`). Its evaluation-protocol tests read commands with
+# lmms-eval's own parser, so it installs the eval extra too.
+test-fast: setup setup-eval
 	$(PY) -m pytest -q -m fast --durations=10 -ra tests
 
 patch-check: setup

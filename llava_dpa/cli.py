@@ -31,6 +31,21 @@ def _library_commands():
             bench_frozen]
 
 
+#: the optional extras of setup.py, by the top-level module each one installs: a command that needs a module
+#: that is missing names the extra to install instead of ending in a traceback (tests/test_cli_extras.py
+#: checks this table against the installed package's metadata)
+EXTRA_OF_MODULE = {
+    "fastapi": "serve", "uvicorn": "serve", "openai": "serve", "gradio": "serve", "playwright": "serve",
+    "lmms_eval": "eval", "matplotlib": "analysis", "bitsandbytes": "qlora", "deepspeed": "deepspeed",
+    "flash_attn": "flash-attn", "vllm": "vllm",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra whose module `exc` found missing, or None when it is not an optional extra's."""
+    return EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after `--` is passed through (e.g. LLaVA flags for `recipe show/run`), never parsed here.
@@ -44,6 +59,13 @@ def main(argv=None) -> int:
         args.extra = passthrough
     try:
         return args.func(args) or 0
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"llava-dpa {args.command}: error: this command needs {exc.name!r}, which is not installed; it comes "
+              f"with the {extra!r} extra: pip install 'llava-dpa[{extra}]'", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError, KeyError) as exc:
         print(f"llava-dpa {args.command}: error: {exc}", file=sys.stderr)
         return 2

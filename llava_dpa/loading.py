@@ -29,6 +29,10 @@ class CheckpointError(ValueError):
     pass
 
 
+#: the dtypes a user may name on a command line (--dtype), by name
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def resolve_device(device: str) -> str:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         warnings.warn("CUDA is not available; loading the model on the CPU in float32")

@@ -244,6 +244,7 @@ EXECUTED = {  # case: (environment, exit status, stdout, the stub's calls: MODEL
     'execute_no_lm_eval': ({'STUB_FAIL': 'import lm_eval'}, 3,
         "+ STUB -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\n",
         "MODEL_VERSION= -m lmms_eval --model llava_dpa --model_args pretrained=ck,dtype=bfloat16 --tasks mmvet,mmstar,seedbench_2_plus,mmmu_val,mathvista_testmini_format,mathvision_test,ocrbench,ai2d,openai_math,gpqa_diamond_openai --device cuda:0 --batch_size 1 --output_path out/lmms_eval --log_samples\nMODEL_VERSION= -c import lm_eval\n"),
+    'execute_no_lmms_eval': ({'STUB_FAIL': 'import lmms_eval'}, 3, "", ""),  # not the script's: refused first
     'execute_no_checkpoint': ({'NO_CONFIG': '1'}, 2,
         "",
         ""),
@@ -332,7 +333,9 @@ def test_the_scripts_usage_is_unchanged():
 # ---- running, through the executor ------------------------------------------------------------------------
 STUB = '#!/bin/bash\necho "MODEL_VERSION=${MODEL_VERSION:-} $*" >> "$STUB_LOG"\n' \
        'if [ -n "${STUB_FAIL:-}" ] && [[ "$*" == *"$STUB_FAIL"* ]]; then exit 7; fi\n'
-PROBE = "MODEL_VERSION= -c import lm_eval\n"
+LM_EVAL_PROBE = "MODEL_VERSION= -c import lm_eval\n"
+#: what a real run checks before its first step: lmms-eval, then lm-evaluation-harness
+PROBES = "MODEL_VERSION= -c import lmms_eval\n" + LM_EVAL_PROBE
 
 
 @pytest.mark.parametrize("case", list(EXECUTED))
@@ -354,19 +357,22 @@ def test_eval_run_executes_what_the_script_executed(case, tmp_path):
     log = (tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""
     assert got_code == code, stderr
     if case == "execute_no_lm_eval":  # the change: refused before any step runs, with the script's message
-        assert (got_stdout, log) == ("", PROBE) and "pip install 'lm-eval>=0.4.8'" in stderr
+        assert (got_stdout, log) == ("", PROBES) and "pip install 'lm-eval>=0.4.8'" in stderr
+    elif case == "execute_no_lmms_eval":  # new: refused before any step runs, naming the extra
+        assert (got_stdout, log) == ("", PROBES.replace(LM_EVAL_PROBE, ""))
+        assert "pip install 'llava-dpa[eval]'" in stderr
     elif case == "execute_no_checkpoint":
         assert (got_stdout, log) == (stdout, calls) and "ck: no config.json; pass a checkpoint folder" in stderr
     else:
         assert got_stdout.replace(str(stub), "STUB") == stdout
-        assert log == PROBE + calls.replace(PROBE, "")
+        assert log == PROBES + calls.replace(LM_EVAL_PROBE, "")
 
 
 def test_run_takes_the_executor_as_an_argument(tmp_path):
     from llava_dpa.recipes.evaluation import CommandFailed, EvalOptions, render, run as run_protocol
 
     (tmp_path / "config.json").write_text("{}")
-    options = EvalOptions(python="py", skip_mmlu_redux=True)
+    options = EvalOptions(python=sys.executable, skip_mmlu_redux=True)  # it must import lmms_eval
     seen = []
     ran = run_protocol("official", str(tmp_path), "/o", options, execute=seen.append, stdout=io.StringIO())
     assert seen == [step.command for step in render("official", str(tmp_path), "/o", options)] == [s.command for s in ran]

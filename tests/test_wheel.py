@@ -1,6 +1,6 @@
 """A plain install works: the built wheel carries the patches and the registry's DeepSpeed configs, installs
 into a fresh virtualenv as a new user would (then llava-torch with --no-deps, then `llava-dpa patch-llava`),
-and trains one step and chats from outside the repository."""
+and trains one step and chats from outside the repository; without any extra its command line starts."""
 import importlib.metadata
 import sys
 import zipfile
@@ -32,6 +32,10 @@ def test_the_wheel_installs_patches_llava_trains_and_chats_outside_the_repositor
     patched = run([venv / "bin" / "llava-dpa", "patch-llava"], cwd=outside)
     assert patched.stdout.count(": applied") == len(patches)
     assert "site-packages/llava_dpa" in run([vpy, "-c", "import llava_dpa; print(llava_dpa.__file__)"], cwd=outside).stdout
+    # installed without extras: the command line starts, and the serve command names its extra (issue #26)
+    assert "export-hf" in run([venv / "bin" / "llava-dpa", "--help"], cwd=outside).stdout
+    refused = run([venv / "bin" / "llava-dpa", "serve", "no-checkpoint"], cwd=outside, check=False)
+    assert refused.returncode == 2 and "pip install 'llava-dpa[serve]'" in refused.stderr, refused.stderr
 
     out = outside / "run"
     cmd = train_cmd(zoo, out, stage=2, extra=["--max_steps", "1"])

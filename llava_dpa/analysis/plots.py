@@ -6,8 +6,10 @@ from __future__ import annotations
 def pyplot():
     try:
         import matplotlib
-    except ImportError:
-        raise ImportError("figures need matplotlib: pip install 'llava-dpa[analysis]' (or matplotlib)") from None
+    except ModuleNotFoundError as exc:
+        # a ModuleNotFoundError naming matplotlib: the command line turns it into the extra to install
+        raise ModuleNotFoundError("figures need matplotlib: pip install 'llava-dpa[analysis]' (or matplotlib)",
+                                  name="matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -6,6 +6,7 @@ import json
 from llava_dpa.analysis import cka_maps, mir_probe, update_report
 from llava_dpa.analysis.cost import sizes
 from llava_dpa.analysis.flops import training_flops
+from llava_dpa.analysis.plots import pyplot
 from llava_dpa.analysis.update_report import DEFAULTS
 
 
@@ -24,10 +25,12 @@ def _probe_args(p) -> None:
 
 
 def _mir(args):
+    pyplot()  # the figure needs matplotlib (the analysis extra): asked before the models load, not after
     return mir_probe.run(args)
 
 
 def _cka(args):
+    pyplot()  # as for mir
     return cka_maps.run(args)
 
 

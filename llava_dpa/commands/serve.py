@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-from llava_dpa.serving.openai_api import DEFAULT_MAX_REQUEST_BYTES
-from llava_dpa.serving.requests import DEFAULT_MAX_IMAGE_PIXELS
-from llava_dpa.serving.server import DTYPES, build_service, run
+from llava_dpa.loading import TORCH_DTYPES
+from llava_dpa.serving.requests import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_BYTES
 from llava_dpa.serving.splice import DEFAULT_CACHE_IMAGES
 from llava_dpa.serving.worker import positive_int
 
 
 def _serve(args) -> int:
+    # Lazy: the server needs the serve extra (fastapi, uvicorn, openai); `llava-dpa --help` and the other
+    # commands must start without it (cli.main names the extra when it is missing).
+    from llava_dpa.serving.server import build_service, run
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = build_service(args.checkpoint, engine=args.engine, model_base=args.model_base,
                             model_name=args.served_model_name, device=args.device, dtype=args.dtype,
@@ -39,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cuda", help="where the splice (and the hf engine) run (default cuda, "
                                                     "falling back to cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default=None,
                    help="default: float32 on cpu, bfloat16 on gpu")
     p.add_argument("--conv-template", default=None, help="override the template the checkpoint's config names")
     p.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,

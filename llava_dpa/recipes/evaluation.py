@@ -436,17 +436,28 @@ def run_command(command) -> None:
         raise CommandFailed(list(command), proc.returncode)
 
 
+def _importable(python: str, module: str) -> bool:
+    """Whether `python` (the interpreter the steps run with, perhaps not this one) can import `module`."""
+    try:
+        probe = subprocess.run([python, "-c", f"import {module}"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=300)
+    except OSError as exc:
+        raise EvalError(f"cannot run the interpreter {python!r} ({exc.strerror}): name one with --python "
+                        "(PYTHON)", code=3) from None
+    return probe.returncode == 0
+
+
 def check_inputs(checkpoint: str, options: EvalOptions) -> None:
-    """What a real run needs before its first step: a checkpoint folder, and lm-evaluation-harness where
-    MMLU-Redux runs (checked first, not after hours of lmms-eval)."""
+    """What a real run needs before its first step: a checkpoint folder, lmms-eval, and lm-evaluation-harness
+    where MMLU-Redux runs (checked first, not after hours of lmms-eval)."""
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise EvalError(f"{checkpoint}: no config.json; pass a checkpoint folder")
-    if not options.skip_mmlu_redux:
-        probe = subprocess.run([options.python, "-c", "import lm_eval"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-        if probe.returncode != 0:
-            raise EvalError("MMLU-Redux needs lm-evaluation-harness: pip install 'lm-eval>=0.4.8' (or set "
-                            "SKIP_MMLU_REDUX=1, --skip-mmlu-redux)", code=3)
+    if not _importable(options.python, "lmms_eval"):
+        raise EvalError(f"the suite runs lmms-eval, which {options.python} cannot import: install the eval extra, "
+                        "pip install 'llava-dpa[eval]' (make setup-eval)", code=3)
+    if not options.skip_mmlu_redux and not _importable(options.python, "lm_eval"):
+        raise EvalError("MMLU-Redux needs lm-evaluation-harness: pip install 'lm-eval>=0.4.8' (or set "
+                        "SKIP_MMLU_REDUX=1, --skip-mmlu-redux)", code=3)
 
 
 def run(protocol: Protocol | str, checkpoint: str, output: Optional[str] = None, options: EvalOptions = EvalOptions(),

@@ -45,6 +45,7 @@ from pydantic import TypeAdapter, ValidationError
 from llava_dpa.serving.engines import Sampling
 from llava_dpa.serving.requests import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_BYTES,
     IMAGE_TOKEN,
     RequestError,
     check_image_count,
@@ -56,8 +57,6 @@ from llava_dpa.serving.worker import stop_string
 
 logger = logging.getLogger("llava_dpa.serving")
 
-#: the most bytes a request body may have (16 images at a few MB each fit)
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 _MESSAGE_TYPES = {"system": ChatCompletionSystemMessageParam, "developer": ChatCompletionDeveloperMessageParam,
                   "user": ChatCompletionUserMessageParam, "assistant": ChatCompletionAssistantMessageParam}

@@ -10,6 +10,8 @@ import warnings
 #: the default of the worker's --max-image-pixels: the pixels of all a request's images together; a request over it
 #: is refused from the images' headers, before any is decoded
 DEFAULT_MAX_IMAGE_PIXELS = 6000 * 6000
+#: the most bytes an OpenAI request body may have (16 images at a few MB each fit)
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: the most images one request may carry (each is a base64 string held in memory while the request is checked)
 MAX_IMAGES = 16
 

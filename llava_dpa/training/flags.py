@@ -2,6 +2,7 @@
 and CPU-only refusals are translated in `TrainingArguments.__post_init__`, not by rewriting argv."""
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -96,6 +97,10 @@ class TrainingArguments(llava_train.TrainingArguments):
             if self.warmup_steps:
                 raise RunConfigError("--warmup_ratio and --warmup_steps both given; give one of them")
             self.warmup_steps, self.warmup_ratio = self.warmup_ratio, None
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            # before transformers' own check, which names the package but not the extra
+            raise RunConfigError(f"--deepspeed {self.deepspeed}: DeepSpeed is not installed: "
+                                 "pip install 'llava-dpa[deepspeed]'")
         if not torch.cuda.is_available():
             if self.tf32:
                 warnings.warn("--tf32 needs a CUDA GPU; ignored on this CPU machine")

@@ -1,6 +1,8 @@
 """Every refusal of a nonsensical combination of training flags, each naming the flags, before anything loads."""
 from __future__ import annotations
 
+import importlib.util
+
 from llava.conversation import conv_templates
 
 from llava_dpa.templates import CHAT_TEMPLATE_VERSIONS
@@ -86,6 +88,9 @@ def check_quantization_and_lora(run: RunConfig) -> None:
     if t.bits in (4, 8) and not t.lora_enable:
         raise RunConfigError(f"--bits {t.bits} quantizes the target, whose weights then cannot train: add "
                              f"--lora_enable True (QLoRA)")
+    if t.bits in (4, 8) and importlib.util.find_spec("bitsandbytes") is None:
+        raise RunConfigError(f"--bits {t.bits} quantizes the target with bitsandbytes, which is not installed: "
+                             f"pip install 'llava-dpa[qlora]'")
     if s1:
         if t.lora_enable:
             raise RunConfigError("--lora_enable True in stage 1: stage 1 trains the alignment projector only; use "
