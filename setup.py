@@ -65,6 +65,12 @@ setup(
         # that runs LLaVA's tuple chatbot (6.x takes messages only); playwright drives the web UI test's system
         # chromium (no browser is downloaded)
         "serve": ["gradio==5.50.0", "fastapi>=0.115.2,<1", "uvicorn>=0.30", "playwright>=1.45", "openai>=1.58"],
+        # `llava-dpa serve --engine vllm` (docs/serving.md), on a CUDA machine (vLLM has no CPU wheel). One stated
+        # stack: vLLM 0.11.1 pins torch 2.9.0 and requires transformers < 5, so vLLM serves on the 4.57 line
+        # (4.57.6: installed into a 5.x environment, pip moves transformers to it). 0.11.1 rather than 0.11.0:
+        # 0.11.0 switches prefix caching off whenever prompt embeddings are enabled (engine/arg_utils.py,
+        # _set_default_args); 0.11.1 caches prompt-embeds prefixes (vLLM PR #27219)
+        "vllm": ["vllm==0.11.1", "torch==2.9.0", "transformers==4.57.6"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "import-linter>=2.1", "bitsandbytes>=0.45", "deepspeed>=0.15",
                 "matplotlib>=3.7"],
     },

@@ -11,6 +11,7 @@ by the loader before anything here sees it.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -47,30 +48,42 @@ def language_config(model):
     return config
 
 
-def export_language_model(checkpoint: str, output: str, model_base: str | None = None) -> Path:
-    """Write the target LLM of a checkpoint (full, LoRA or QLoRA: merged) as a plain HF model folder."""
-    from transformers import AutoModelForCausalLM
-
-
-    tokenizer, model, _, _ = load_pretrained_model(checkpoint, model_base, None, device="cpu")
+def export_language_model(checkpoint: str, output: str, model_base: str | None = None,
+                          dtype: torch.dtype | None = None) -> Path:
+    """Write the target LLM of a checkpoint (full, LoRA or QLoRA: merged) as a plain HF model folder, at `dtype`
+    (default: the loader's float32 on CPU)."""
+    tokenizer, model, _, _ = load_pretrained_model(checkpoint, model_base, None, device="cpu", dtype=dtype)
     if not hasattr(model, "get_vision_tower"):
         raise ValueError(f"{checkpoint} is already a plain language model; nothing to export")
+    return write_language_model(model, tokenizer, output, source=checkpoint, model_base=model_base)
+
+
+def write_language_model(model, tokenizer, output: str, *, source: str | None = None,
+                         model_base: str | None = None) -> Path:
+    """Write a loaded LLaVA model's target LLM as a plain HF model folder, at the model's dtype, with its tokenizer
+    and the checkpoint's generation config: an engine that reads the folder (vLLM stops on the tokenizer's eos and
+    on generation_config.json's eos ids) then stops where transformers' generate on the checkpoint stops."""
+    from transformers import AutoModelForCausalLM
+
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
     config = language_config(model)
     config.architectures = None
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    state = language_state_dict(model)
-    plain.load_state_dict(state, strict=True, assign=True)
+    plain.load_state_dict(language_state_dict(model), strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         plain.tie_weights()
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
+    # the checkpoint's own generation config (e.g. Qwen3's eos [<|im_end|>, <|endoftext|>]), not the one
+    # from_config derives from config.json (its single eos_token_id)
+    plain.generation_config = copy.deepcopy(model.generation_config)
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "llava_dpa_export.json").write_text(json.dumps({"source": str(Path(checkpoint).resolve()),
-                                                           "model_base": model_base}, indent=1))
+    (tmp / "llava_dpa_export.json").write_text(json.dumps(
+        {"source": str(Path(source).resolve()) if source else None, "model_base": model_base,
+         "dtype": str(model.dtype).replace("torch.", "")}, indent=1))
     if out.exists():
         out.rmdir()
     tmp.rename(out)

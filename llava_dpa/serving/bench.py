@@ -74,7 +74,7 @@ class _Process:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.proc.wait(timeout=20)
 
 
 def start_controller(folder: Path):
@@ -161,7 +161,7 @@ def measure(args) -> dict:
                 tokenizer, prompt, stop = prompts[kind]
                 tokens, start = 0, time.perf_counter()
 
-                def one(item):
+                def one(item, server=server, url=url, name=name, prompt=prompt, stop=stop):
                     index, image = item
                     if server == "serve":
                         return index, ask_serve(url, name, image, args.question, args.max_tokens)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import shutil
 import threading
 import traceback
 
@@ -189,37 +190,71 @@ class HFEngine:
             stop.event.set()  # the client went away, or we are done: stop generating
 
 
+#: the vLLM the `vllm` extra installs (setup.py); 0.11.0 works too, without prefix caching (see `check_vllm_version`)
+VLLM_VERSION = "0.11.1"
+
+
+def check_vllm_version(version: str) -> None:
+    """Refuse a vLLM without the V1 engine's prompt embeddings; warn where prefix caching is off."""
+    from packaging.version import Version
+
+    if Version(version) < Version("0.11.0"):
+        raise RuntimeError(f"vLLM {version} is installed; --engine vllm needs vLLM >= 0.11 (V1's AsyncLLM with "
+                           f"enable_prompt_embeds): pip install -e '.[vllm]' (vLLM {VLLM_VERSION})")
+    if Version(version) < Version("0.11.1"):
+        # vllm/engine/arg_utils.py (0.11.0), EngineArgs._set_default_args: enable_prompt_embeds sets
+        # enable_prefix_caching to False, whatever was asked; 0.11.1 caches prompt-embeds prefixes (vLLM PR #27219)
+        logger.warning("vLLM %s turns prefix caching off whenever prompt embeddings are enabled: every request "
+                       "prefills its whole prompt; vLLM %s keeps prefix caching (pip install -e '.[vllm]')",
+                       version, VLLM_VERSION)
+
+
 class VLLMEngine:
     """vLLM's V1 AsyncLLM on the stock target, fed `{"prompt_embeds": tensor}`.
 
     `engine` is an AsyncLLM (or a stand-in with the same `generate(prompt, sampling_params, request_id)` async
-    generator); `sampling_params` is vLLM's SamplingParams class and `delta` its RequestOutputKind.DELTA."""
+    generator); `sampling_params` is vLLM's SamplingParams class and `delta` its RequestOutputKind.DELTA.
+    `remove_on_shutdown`: a folder this engine owns (the target exported for it), removed by `shutdown`."""
     name = "vllm"
 
-    def __init__(self, engine, sampling_params, delta):
+    def __init__(self, engine, sampling_params, delta, *, remove_on_shutdown: str | None = None):
         self.engine, self.sampling_params_class, self.delta = engine, sampling_params, delta
+        self.remove_on_shutdown = remove_on_shutdown
+
+    @staticmethod
+    def engine_arguments(target_dir: str, *, dtype: str = "auto", max_model_len: int | None = None,
+                         gpu_memory_utilization: float = 0.8, **engine_args) -> dict:
+        """vLLM's AsyncEngineArgs for the stock target folder: its weights and tokenizer, prompt embeddings on."""
+        return dict(model=str(target_dir), tokenizer=str(target_dir), enable_prompt_embeds=True, dtype=dtype,
+                    max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, **engine_args)
 
     @classmethod
-    def start(cls, target_dir: str, *, dtype: str = "auto", max_model_len: int | None = None,
-              gpu_memory_utilization: float = 0.8, **engine_args) -> "VLLMEngine":
+    def start(cls, target_dir: str, *, remove_on_shutdown: str | None = None, **arguments) -> "VLLMEngine":
+        """Start AsyncLLM on `target_dir` (`engine_arguments` names the settings). The caller has freed the GPU of
+        everything but what it keeps (vLLM's worker refuses to start when free memory is below total x
+        gpu_memory_utilization)."""
         # vLLM is imported here, not at module level: an optional dependency with no CPU wheel, needed only by
         # --engine vllm
+        import vllm
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(model=str(target_dir), tokenizer=str(target_dir), enable_prompt_embeds=True,
-                               dtype=dtype, max_model_len=max_model_len,
-                               gpu_memory_utilization=gpu_memory_utilization, **engine_args)
-        return cls(AsyncLLM.from_engine_args(args), SamplingParams, RequestOutputKind.DELTA)
+        check_vllm_version(vllm.__version__)
+        args = AsyncEngineArgs(**cls.engine_arguments(target_dir, **arguments))
+        return cls(AsyncLLM.from_engine_args(args), SamplingParams, RequestOutputKind.DELTA,
+                   remove_on_shutdown=remove_on_shutdown)
 
     def sampling_params(self, sampling: Sampling):
-        """vLLM's SamplingParams for a request: temperature 0 is vLLM's greedy; stop strings and the template's
-        end-of-turn token stop it; only new text comes back (DELTA)."""
+        """vLLM's SamplingParams for a request: temperature 0 is vLLM's greedy; only new text comes back (DELTA).
+        It stops on exactly the ids the hf engine stops on (`sampling.stop_token_ids`: the template's end of turn
+        and the checkpoint's generation-config eos ids), and on stop strings: `ignore_eos` switches off vLLM's own
+        addition of the tokenizer's eos, which transformers' generate does not stop on, so the two engines stop
+        alike (vLLM still stops on every id in stop_token_ids: v1/core/sched/utils.py, check_stop)."""
         kwargs = dict(n=1, max_tokens=sampling.max_tokens, temperature=float(sampling.temperature),
                       top_p=1.0 if sampling.greedy else float(sampling.top_p), seed=sampling.seed,
-                      stop=list(sampling.stop) or None, stop_token_ids=list(sampling.stop_token_ids) or None,
-                      presence_penalty=float(sampling.presence_penalty),
+                      stop=list(sampling.stop) or None, stop_token_ids=list(sampling.stop_token_ids),
+                      ignore_eos=True, presence_penalty=float(sampling.presence_penalty),
                       frequency_penalty=float(sampling.frequency_penalty), skip_special_tokens=True,
                       output_kind=self.delta)
         if sampling.top_k and not sampling.greedy:
@@ -246,6 +281,10 @@ class VLLMEngine:
             await stream.aclose()  # AsyncLLM aborts an unfinished request when its generator is closed
 
     def shutdown(self) -> None:
-        shutdown = getattr(self.engine, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        try:
+            shutdown = getattr(self.engine, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        finally:
+            if self.remove_on_shutdown is not None:
+                shutil.rmtree(self.remove_on_shutdown, ignore_errors=True)

@@ -25,7 +25,7 @@ import traceback
 import uuid
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import CompletionUsage, Model
 from openai.types.chat import (
     ChatCompletion,
@@ -136,6 +136,17 @@ def validate_request(body) -> dict:
     return params
 
 
+def stop_token_ids(splice: Splice) -> list[int]:
+    """The ids every engine stops on: the template's end of turn (e.g. <|im_end|>) and the checkpoint's
+    generation-config eos ids (Qwen3: <|im_end|> and <|endoftext|>), what transformers' generate on the checkpoint
+    stops on. The vLLM engine is given exactly these (engines.VLLMEngine.sampling_params)."""
+    stop = stop_string(splice.template)
+    ids = splice.tokenizer(stop, add_special_tokens=False).input_ids if stop else []
+    eos = splice.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted(set(ids if len(ids) == 1 else []) | set(eos))
+
+
 class ChatService:
     """One checkpoint behind the endpoint: its splice, an engine, and the limits requests are checked against."""
 
@@ -147,9 +158,7 @@ class ChatService:
         limits = [context_len, getattr(config, "tokenizer_model_max_length", None),
                   getattr(config, "max_position_embeddings", None)]
         self.max_length = min(int(x) for x in limits if x) if any(limits) else 2048
-        stop = stop_string(splice.template)
-        ids = splice.tokenizer(stop, add_special_tokens=False).input_ids if stop else []
-        self.stop_token_ids = ids if len(ids) == 1 else []  # the template's end of turn (e.g. <|im_end|>)
+        self.stop_token_ids = stop_token_ids(splice)
         self.created = int(time.time())
 
     # ---- a request, checked and spliced -------------------------------------------------------------------
@@ -291,10 +300,13 @@ def create_app(service: ChatService) -> FastAPI:
                     len(spliced), len(spliced.images), spliced.encoded, sampling.max_tokens, sampling.temperature)
         if params.get("stream"):
             include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(service.stream(spliced, sampling, request_id, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return _ClosingStream(service.stream(spliced, sampling, request_id, include_usage),
+                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            answer = await service.complete(spliced, sampling, request_id)
+            answer = await _unless_disconnected(request, service.complete(spliced, sampling, request_id))
+            if answer is None:
+                logger.info("%s: the client left; its generation was stopped", request_id)
+                return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
         except Exception as exc:
             logger.error("request %s failed:\n%s", request_id, traceback.format_exc())
             return ApiError(500, f"generation failed ({type(exc).__name__}: {exc}); the server goes on serving",
@@ -302,6 +314,36 @@ def create_app(service: ChatService) -> FastAPI:
         return JSONResponse(answer.model_dump(exclude_unset=True))
 
     return app
+
+
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its body generator however the response ends. A client that left is seen
+    when a chunk cannot be sent; closing the generator then runs the engine's own clean-up at once (the hf engine
+    stops generating, vLLM aborts the request), not whenever the garbage collector finalises the generator."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+async def _unless_disconnected(request: Request, work, poll_s: float = 0.25):
+    """`await work`, cancelled when the client disconnects (then None): a plain request sends nothing until its
+    answer is whole, so the connection is watched meanwhile. Cancelling stops the engine's generation."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return None
+    except asyncio.CancelledError:  # the server itself is stopping
+        task.cancel()
+        raise
 
 
 async def _read_json(request: Request, limit: int):
