@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import REPO, train_cmd
+from conftest import REPO
 from serving_stack import listening_addresses, start_controller, start_web, start_worker, wait_for_models, wait_for_web
 
 from llava_dpa.serving.client import answer_of, encode_image, load_run, prompt_for, status, stream
 
-# one xdist worker holds the module's servers (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("serving")
+# one xdist worker holds the module's servers (--dist loadgroup); the group of the dpa_adapters fixture, whose QLoRA
+# checkpoint the 4-bit worker serves: the fixture is trained once per worker, so its users share one
+pytestmark = pytest.mark.xdist_group("dpa_adapters")
 
 OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "official_dpa"
 QUESTIONS = ("What color is the shape?", "What shape is it?")
@@ -73,17 +74,8 @@ def official_checkpoint(out: Path) -> Path:
                                 perceiver_tokenizer=str(OFFICIAL_FIXTURE / "tokenizer"), log=lambda *_: None))
 
 
-def lora_checkpoint(zoo, perceiver, dpa_stage1, out: Path) -> Path:
-    from llava_dpa.training.train import train
-
-    train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
-        "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--max_steps", "1", "--lora_enable", "True",
-        "--lora_r", "8", "--lora_alpha", "16", "--learning_rate", "1e-2"])[3:])
-    return out
-
-
 @pytest.fixture(scope="module")
-def stack(zoo, perceiver, baseline_stage2, dpa_stage1, dpa_stage2, tmp_path_factory):
+def stack(zoo, baseline_stage2, dpa_stage2, dpa_adapters, tmp_path_factory):
     """The controller and one worker per checkpoint kind; names carry no "llava" (nor, for the 4-bit worker,
     anything that says so). Yields {kind: (server, model_name, model_path, model_base, load_4bit)}."""
     root = tmp_path_factory.mktemp("serving")
@@ -98,11 +90,13 @@ def stack(zoo, perceiver, baseline_stage2, dpa_stage1, dpa_stage2, tmp_path_fact
         workers = {}
         for kind, (path, base, q4) in kinds.items():
             workers[kind] = start_worker(kind, controller, path, root, ["--max-image-pixels", MAX_PIXELS])
-        # while those two load: the other kinds' checkpoints (LoRA trains one step in this process)
+        # while those two load: the official import
         kinds["official"] = (official_checkpoint(root / "official_dpa4b"), None, False)
-        # LoRA with --model-base, loaded in 4 bits (bitsandbytes on CPU): both loader paths in one worker
-        kinds["lora_int4"] = (lora_checkpoint(zoo, perceiver, dpa_stage1, root / "dpa_lora_r8"), Path(zoo["qwen3_lm"]),
-                              True)
+        # the session's QLoRA checkpoint with --model-base, loaded in 4 bits (bitsandbytes on CPU): both loader paths
+        # in one worker; linked under a name without "llava" or "4bit"
+        lora = root / "dpa_lora_r8"
+        lora.symlink_to(dpa_adapters[4][0], target_is_directory=True)
+        kinds["lora_int4"] = (lora, Path(zoo["qwen3_lm"]), True)
         for kind in ("official", "lora_int4"):
             path, base, q4 = kinds[kind]
             extra = ["--max-image-pixels", MAX_PIXELS] + (["--model-base", base] if base else []) + \
@@ -152,7 +146,8 @@ def reference_chat(path, base, load_4bit, image_file, questions, max_new_tokens=
 
 
 def served_chat(worker_url, image, questions, max_new_tokens=8):
-    """A two-turn conversation through the worker's streaming API, as the web UI sends it."""
+    """A two-turn conversation through the worker's streaming API, as the web UI sends it. Returns the answers and,
+    per turn, the answer as each streamed chunk had it."""
     template = status(worker_url)["conv_template"]
     turns, answers, chunks = [], [], []
     for turn, question in enumerate(questions):
@@ -161,8 +156,9 @@ def served_chat(worker_url, image, questions, max_new_tokens=8):
         result = stream(worker_url, {"prompt": prompt, "stop": stop, "images": [image], "temperature": 0,
                                      "max_new_tokens": max_new_tokens}, timeout=60)
         assert result["error_code"] == 0, result
+        assert all(t.startswith(prompt) for t in result["texts"]), result["texts"]
         answers.append(answer_of(result, prompt))
-        chunks.append(result["chunks"])
+        chunks.append([t[len(prompt):] for t in result["texts"]])
         turns[-1] = (turns[-1][0], answers[-1])
     return answers, chunks
 
@@ -183,7 +179,12 @@ def test_each_kind_streams_a_two_turn_image_chat_equal_to_the_cli(stack, zoo, ki
     answers, chunks = served_chat(worker.url, image_b64(zoo), QUESTIONS)
     # equal to the CLI's, whatever the tiny CPU training taught (an empty answer included)
     assert answers == reference_chat(path, base, load_4bit, f"{zoo['images']}/img_001.png", QUESTIONS)
-    assert min(chunks) >= 1
+    for answer, texts in zip(answers, chunks):
+        # streamed: each chunk carries the answer so far (LLaVA's contract), in order, the last one all of it; a
+        # chunk per word at least (TextIteratorStreamer sends text at each space), not one chunk at the end
+        assert texts and texts[-1].strip() == answer, (texts, answer)
+        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:])), texts
+        assert len(texts) >= len(answer.split()), (texts, answer)
 
 
 def test_the_controller_and_workers_listen_on_127_0_0_1_only_by_default(stack):
@@ -336,6 +337,20 @@ def test_an_unknown_template_is_logged_by_model_and_name(monkeypatch, caplog):
 
 # ---- load ----------------------------------------------------------------------------------------------------------
 
+def test_the_load_client_reports_each_round(stack, zoo, capsys):
+    """`python -m llava_dpa.serving.client` (docs/serving_llava.md, "Load"): one JSON line per round, every request
+    answered."""
+    from llava_dpa.serving.client import main
+
+    worker = stack["kinds"]["dpa"][0]
+    images = [f"{zoo['images']}/img_{i:03d}.png" for i in range(2)]
+    assert main(["--worker", worker.url, *(a for im in images for a in ("--image", im)), "--requests", "4",
+                 "--concurrency", "4", "--rounds", "2", "--max-new-tokens", "2"]) == 0
+    rounds = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["round"], r["requests"], r["concurrency"], r["errors"]) for r in rounds] == [(0, 4, 4, 0), (1, 4, 4, 0)]
+    assert all(r["requests_per_s"] > 0 and 0 < r["p50_s"] <= r["p95_s"] for r in rounds), rounds
+
+
 @pytest.mark.parametrize("kind", ["baseline_tiles", "dpa"])
 def test_32_concurrent_streams_answer_like_one_at_a_time_with_bounded_memory(stack, zoo, kind):
     worker = stack["kinds"][kind][0]
@@ -371,7 +386,26 @@ def test_the_towers_memo_under_concurrent_requests(perceiver):
     others = [torch.randn(1, 3, 32, 32) for _ in range(12)]
     with torch.inference_mode():
         expected = tower.features(shared)
-    results, errors = [], []
+    # one image, 12 threads x 6 calls: each thread encodes at most once (two that miss together may both encode);
+    # a tower without its memo would encode 72 times
+    before, same, errors = tower.memo.computations, [], []
+
+    def repeat():
+        try:
+            with torch.inference_mode():
+                same.extend(tower(shared).clone() for _ in range(6))
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=repeat) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(same) == 72 and all(torch.equal(r, expected) for r in same), errors
+    assert 1 <= tower.memo.computations - before <= 12, tower.memo.computations - before
+    # then the same image among 12 others, which evict each other from the 8 entries
+    results = []
 
     def hit(i):
         try:
@@ -390,7 +424,6 @@ def test_the_towers_memo_under_concurrent_requests(perceiver):
     assert not errors and not any(t.is_alive() for t in threads), errors
     assert len(results) == 72 and all(torch.equal(r, expected) for r in results)
     assert len(tower.memo) <= tower.memo.size
-    assert 0 < tower.memo.computations < 2 * 72  # served from the memo, not once per call
 
 
 # ---- the web UI in a browser -------------------------------------------------------------------------------------
@@ -407,18 +440,31 @@ def bot_messages(page) -> list[str]:
     return [m.inner_text().strip() for m in page.locator('#chatbot [data-testid="bot"]').all()]
 
 
-def ask(page, question: str, answers_before: int, timeout_s: float = 90) -> tuple[str, bool]:
-    """Send a question; wait for the answer to finish. Returns (answer, whether a partial answer was seen)."""
+#: records, in the page, the last bot message's text at every change of the chat (so no state the answer passes
+#: through is missed between two polls)
+WATCH_CHAT = """() => {
+    window.__seen = [];
+    const chat = document.querySelector('#chatbot');
+    new MutationObserver(() => {
+        const bots = chat.querySelectorAll('[data-testid="bot"]');
+        if (bots.length) window.__seen.push(bots[bots.length - 1].innerText.trim());
+    }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def ask(page, question: str, answers_before: int, timeout_s: float = 90) -> tuple[str, list[str]]:
+    """Send a question; wait for the answer to finish. Returns (answer, the partial answers the chat showed while
+    it streamed: LLaVA's web UI shows the text so far with a cursor '▌')."""
+    page.evaluate(WATCH_CHAT)
     page.get_by_placeholder("Enter text and press ENTER").fill(question)
     page.get_by_role("button", name="Send").click()
-    deadline, streamed = time.monotonic() + timeout_s, False
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         messages = bot_messages(page)
-        if len(messages) > answers_before:
-            if messages[-1].endswith("▌"):  # the web UI's cursor while chunks arrive
-                streamed = True
-            elif page.get_by_role("button", name="Regenerate").is_enabled():
-                return messages[-1], streamed
+        if len(messages) > answers_before and not messages[-1].endswith("▌") and \
+                page.get_by_role("button", name="Regenerate").is_enabled():
+            partial = [t[:-1].strip() for t in page.evaluate("() => window.__seen") if t.endswith("▌")]
+            return messages[-1], partial
         time.sleep(0.05)
     raise AssertionError(f"no answer to {question!r} in {timeout_s} s; chat: {bot_messages(page)}")
 
@@ -443,8 +489,8 @@ def open_chat(browser, url: str, image: str):
 
 
 def test_web_ui_in_headless_chromium(stack, zoo):
-    """Both model-list modes: the page loads, an image is uploaded, a question and a follow-up are answered
-    (streamed) with the answers llava.serve.cli gives; screenshots are saved."""
+    """Both model-list modes: the page loads, an image is uploaded, a question and a follow-up are answered, streamed
+    (the chat shows each answer growing) with the answers llava.serve.cli gives; screenshots are saved."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -463,8 +509,11 @@ def test_web_ui_in_headless_chromium(stack, zoo):
             try:
                 # once: the model chosen by the URL (LLaVA's ?model=); reload: the list's first (the baseline)
                 page = open_chat(browser, f"{webs['once'].url}/?model={name}", image)
-                first, streamed = ask(page, QUESTIONS[0], 0)
-                second, _ = ask(page, QUESTIONS[1], 1)
+                first, partial = ask(page, QUESTIONS[0], 0)
+                second, partial_second = ask(page, QUESTIONS[1], 1)
+                # streamed: the chat showed the answer growing, cursor first, each state a beginning of the answer
+                for answer, states in ((first, partial), (second, partial_second)):
+                    assert states and all(answer.startswith(state) for state in states), (answer, states)
                 assert page.locator("#chatbot img").count() >= 1  # the uploaded image is shown in the chat
                 page.screenshot(path=str(ARTIFACTS / "serving-web-ui-once.png"), full_page=True)
                 assert [first, second] == expected
@@ -475,7 +524,7 @@ def test_web_ui_in_headless_chromium(stack, zoo):
                 assert again == expected[0]
             finally:
                 browser.close()
-        print(f"\nscreenshots in {ARTIFACTS}; partial answer seen while streaming: {streamed}")
+        print(f"\nscreenshots in {ARTIFACTS}")
     except BaseException:
         for web in webs.values():
             print(web.output())

@@ -24,17 +24,18 @@ def status(worker: str, timeout: float = 10) -> dict:
 
 
 def stream(worker: str, payload: dict, timeout: float = 120) -> dict:
-    """One streamed request: {"text": last text, "error_code", "chunks": n, "seconds": wall time}."""
+    """One streamed request: {"text": last text, "error_code", "chunks": n, "texts": each chunk's text,
+    "seconds": wall time}."""
     start = time.perf_counter()
-    last, n = {"text": "", "error_code": -1}, 0
+    last, texts = {"text": "", "error_code": -1}, []
     with requests.post(worker + "/worker_generate_stream", json=payload, stream=True, timeout=timeout) as response:
         for piece in response.iter_lines(decode_unicode=False, delimiter=b"\0"):
             if piece:
                 last = json.loads(piece.decode())
-                n += 1
+                texts.append(last["text"])
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"request still streaming after {timeout} s")
-    return {**last, "chunks": n, "seconds": time.perf_counter() - start}
+    return {**last, "chunks": len(texts), "texts": texts, "seconds": time.perf_counter() - start}
 
 
 def prompt_for(template: str, turns: list[tuple[str, str | None]]) -> tuple[str, str]:
