@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, help="vllm: the checkpoint's stock target folder (llava-dpa "
                                                   "export-llm / export-hf); default: exported to a temporary folder")
     p.add_argument("--max-model-len", type=positive_int, default=None,
-                   help="context length (default: the checkpoint's)")
+                   help="context length (default: the smaller of the checkpoint's context and its target's "
+                        "max_position_embeddings; a larger value is refused)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.8,
                    help="vllm: share of GPU memory for vLLM; the rest holds the perceiver, aligner and embedding "
                         "table of this process (default 0.8)")
