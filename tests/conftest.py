@@ -75,11 +75,42 @@ def run(cmd, env=None, check=True, input=None, timeout=600, cwd=REPO):
     return done
 
 
+#: Ports the tests hand to servers and rendezvous: below Linux's ephemeral range (32768-60999), from which the OS
+#: picks every port-0 bind and outgoing connection, so nothing else in the session is given one of them.
+PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
+def worker_ports(worker: str | None = WORKER, count: int | None = None) -> range:
+    """A process's share of PORTS: xdist worker gwN of `count` (PYTEST_XDIST_WORKER_COUNT) gets the N-th of
+    count + 1 disjoint slices, the last one is the controller's or a run without xdist; so two workers never hand
+    out the same port."""
+    if count is None:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    index = int(worker[2:]) if worker and worker.startswith("gw") else count
+    width = len(PORTS) // (count + 1)
+    return range(PORTS.start + index * width, PORTS.start + (index + 1) * width)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on now (the OS picks it), for a launcher's rendezvous or a server."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 for a launcher's rendezvous or a server: from this worker's own slice of PORTS (no
+    other xdist worker hands it out), never handed out twice in this process, and free now (checked by binding).
+    A port the OS picks (bind to 0) could be taken by the other worker between its release and the server's bind."""
+    ports = worker_ports()
+    # Start where this process's id points, so a second session running beside this one starts elsewhere.
+    start = os.getpid() % len(ports)
+    for i in range(len(ports)):
+        port = ports[(start + i) % len(ports)]
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or in TIME_WAIT after a server stopped
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port left in {ports} (this process handed out {len(_handed_out)})")
 
 
 def in_process(command) -> None:
@@ -229,9 +260,55 @@ def dpa_stage2(zoo, perceiver, dpa_stage1, tmp_path_factory):
         extra=["--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--mm_vision_tower_lr", "2e-4"])))
 
 
+#: the official release's tiny checkpoint (tests/fixtures/official_dpa, made by its make_fixture.py)
+OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "official_dpa"
+
+
+def official_merged_source(folder: Path) -> Path:
+    """The release's merged layout (config.json + pytorch_model.bin) in `folder`/official, with the paths a real
+    checkpoint records (Hub names, absent here)."""
+    import gzip
+
+    src = folder / "official"
+    src.mkdir()
+    config = json.loads((OFFICIAL_FIXTURE / "checkpoint" / "config.json").read_text())
+    config["perceiver_config"].update(vit_path="Qwen/Qwen2.5-VL-3B-Instruct", llm_path="Qwen/Qwen3-0.6B")
+    config["thinker_name_or_path"] = "Qwen/Qwen3-4B"
+    (src / "config.json").write_text(json.dumps(config))
+    with gzip.open(OFFICIAL_FIXTURE / "checkpoint" / "pytorch_model.bin.gz", "rb") as f, \
+            open(src / "pytorch_model.bin", "wb") as g:
+        shutil.copyfileobj(f, g)
+    return src
+
+
+def official_import_args(**extra) -> dict:
+    """import_official's keyword arguments for the fixture: its configs and tokenizer, no log."""
+    configs = OFFICIAL_FIXTURE / "configs"
+    tokenizer = str(OFFICIAL_FIXTURE / "tokenizer")
+    return {"vit_config": str(configs / "vit"), "perceiver_lm_config": str(configs / "llm"),
+            "target_config": str(configs / "thinker"), "target_tokenizer": tokenizer, "perceiver_tokenizer": tokenizer,
+            "log": lambda *_: None, **extra}
+
+
+@pytest.fixture(scope="session")
+def official_import(tmp_path_factory) -> Path:
+    """`llava-dpa import-official` of the release's merged layout, once per session (read-only for the tests): the
+    folder `import_official` wrote (`dpa`), beside the source it read (`official`)."""
+    def build(folder):
+        from llava_dpa.official.importer import import_official
+
+        import_official(str(official_merged_source(folder)), str(folder / "dpa"), **official_import_args())
+
+    return built_once(tmp_path_factory, "official_import", build) / "dpa"
+
+
 #: the LoRA / QLoRA DPA runs that test_dpa.py checks in memory and test_cross_line.py loads on the other line
 ADAPTER_FLAGS = ["--max_steps", "2", "--lora_enable", "True", "--lora_r", "8", "--lora_alpha", "16",
                  "--learning_rate", "1e-2"]
+#: each run's learning rates besides --learning_rate: the LoRA run names one per part, the QLoRA run none (every
+#: part then trains at --learning_rate); test_dpa.py reads both from the trainers' optimizer groups
+ADAPTER_LEARNING_RATES = {16: ["--mm_vision_tower_lr", "2e-3", "--mm_projector_lr", "5e-3", "--perceiver_lr", "3e-3"],
+                          4: []}
 
 
 @pytest.fixture(scope="session")
@@ -245,7 +322,7 @@ def dpa_adapters(zoo, perceiver, dpa_stage1, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"dpa_lora{bits}")
         made[bits] = out, train(argv=train_cmd(zoo, out, stage=2, tower=str(perceiver), extra=[
             "--pretrain_mm_mlp_adapter", str(dpa_stage1 / "mm_projector.bin"), "--bits", str(bits),
-            *ADAPTER_FLAGS])[3:])
+            *ADAPTER_FLAGS, *ADAPTER_LEARNING_RATES[bits]])[3:])
     return made
 
 
@@ -328,22 +405,49 @@ def answer_questions(checkpoint, questions, images, answers, *extra) -> list[dic
 
 
 def tower_outputs_for_questions(model, tokenizer, processor, zoo, questions):
+    """The vision tower's output for one image asked each question (the qwen_3 template), each computed afresh: the
+    tower's inference memo is emptied before every forward, and the test fails unless the tower encoded each time,
+    so no answer is one remembered from an earlier question."""
     from llava.conversation import conv_templates
     from llava.mm_utils import process_images, tokenizer_image_token
     from PIL import Image
 
+    from llava_dpa.towers.base import clear_feature_memos
+
     seen = []
-    handle = model.get_vision_tower().register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    tower = model.get_vision_tower()
+    handle = tower.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
     image = process_images([Image.open(f"{zoo['images']}/img_001.png").convert("RGB")], processor, model.config)
-    for question in questions:
-        conv = conv_templates["qwen_3"].copy()
-        conv.append_message("user", "<image>\n" + question)
-        conv.append_message("assistant", None)
-        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
-        with torch.no_grad():
-            model(input_ids=ids, images=image, image_sizes=[(32, 32)])
-    handle.remove()
+    try:
+        for question in questions:
+            conv = conv_templates["qwen_3"].copy()
+            conv.append_message("user", "<image>\n" + question)
+            conv.append_message("assistant", None)
+            ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+            clear_feature_memos(model)
+            encoded = tower.memo.computations
+            with torch.no_grad():
+                model(input_ids=ids, images=image, image_sizes=[(32, 32)])
+            assert tower.memo.computations == encoded + 1, "the tower did not encode the image for this question"
+    finally:
+        handle.remove()
+    assert len(seen) == len(questions)
     return seen
+
+
+def instruction_context_copy(checkpoint, perceiver, out) -> Path:
+    """A copy of a DPA checkpoint whose perceiver reads the question (`perceiver_instruction_context`, with the
+    perceiver's tokenizer beside it): the same weights, that one setting apart."""
+    out = Path(out)
+    shutil.copytree(checkpoint, out)
+    config = json.loads((out / "config.json").read_text())
+    config["perceiver_instruction_context"] = True
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "perceiver_tokenizer").mkdir()
+    for f in Path(perceiver).glob("*"):
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(f, out / "perceiver_tokenizer")
+    return out
 
 
 def tower_folder_weights(path, select_layer=-2):
@@ -424,3 +528,48 @@ def assert_same_greedy(model, tokenizer, prompt_ids, a: str, b: str, tie: float 
     assert {ta[k], tb[k]} == top2 and gap <= tie, (
         f"greedy answers {a!r} and {b!r} part at token {k}, where the logits are not a near-tie "
         f"(gap {gap:.2e}, top two {sorted(top2)}, tokens {ta[k]} / {tb[k]})")
+
+
+class GreedyReference:
+    """A checkpoint's greedy answers computed here with `model.generate`, as LLaVA's CLI and eval scripts compute
+    them (this project's loader, fp32 on CPU, the image preprocessing, the template's stop), so that another path's
+    answer is checked against an independent computation on the same model and input, not against what a few CPU
+    training steps happened to teach it."""
+
+    def __init__(self, checkpoint, model_base=None):
+        from llava_dpa.loading import load_pretrained_model
+
+        self.tokenizer, self.model, self.processor, _ = load_pretrained_model(
+            str(checkpoint), None if model_base is None else str(model_base), "x", device="cpu", dtype=torch.float32)
+
+    def prompt(self, question: str) -> str:
+        """A first turn asking `question` about one image, in the checkpoint's template (what the eval scripts send)."""
+        from llava.conversation import conv_templates
+
+        conv = conv_templates[self.model.config.conv_version].copy()
+        conv.append_message(conv.roles[0], "<image>\n" + question)
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def check(self, image_path, prompt: str, other: str, max_new_tokens: int) -> str:
+        """Assert that `other`, another path's greedy answer to `prompt` about the image, is the one computed here,
+        or parts from it only at a near-tie (`assert_same_greedy`); returns the answer computed here."""
+        from llava.conversation import conv_templates
+        from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
+        from PIL import Image
+
+        from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX
+        from llava_dpa.llava_integration.inference import decode_reply
+
+        image = Image.open(image_path).convert("RGB")
+        inputs = {"images": process_images([image], self.processor, self.model.config), "image_sizes": [image.size]}
+        ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        conv = conv_templates[self.model.config.conv_version]
+        stop = conv.sep2 if conv.sep_style.name == "TWO" else conv.sep  # as llava.serve.cli chooses it
+        with torch.inference_mode():
+            out = self.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                      stopping_criteria=[KeywordsStoppingCriteria([stop], self.tokenizer, ids)],
+                                      **inputs)
+        text = decode_reply(self.tokenizer, out, ids)
+        assert_same_greedy(self.model, self.tokenizer, ids, text, other, **inputs)
+        return text

@@ -3,8 +3,11 @@
 For each checkpoint it writes what must not depend on the line: the logits of a fixed image-and-text prompt, the
 prompt's ids, a fixed conversation's training ids and labels, the layout (keys and shapes) the line writes when it
 saves the loaded model again, and a two-turn greedy chat as llava.serve.cli runs it (each turn's prompt ids, its
-generated tokens and the logits of every step).
-    python tests/cross_line_probe.py OUT.pt IMAGE NAME=CHECKPOINT[,BASE] ...
+generated tokens and the logits of every step). With --follow OTHER.pt (the other line's probe of the same
+checkpoints) it also re-runs that probe's chat on this line, teacher-forced: each turn's logits on the other line's
+prompt and generated tokens, so every turn compares on one shared history even where the two lines' own greedy
+chats part at a near-tie.
+    python tests/cross_line_probe.py OUT.pt IMAGE [--follow OTHER.pt] NAME=CHECKPOINT[,BASE] ...
 """
 import os
 import sys
@@ -38,7 +41,20 @@ def chat(model, tokenizer, version, pixels, image_size):
     return turns
 
 
-def probe(checkpoint, base, image_path):
+def forced(model, pixels, image_size, turns):
+    """Each turn's next-token logits at every generated position, the other line's prompt and tokens fed whole."""
+    out = []
+    for turn in turns:
+        prompt, tokens = turn["prompt_ids"].reshape(1, -1), torch.tensor([turn["tokens"]], dtype=torch.long)
+        ids = torch.cat([prompt, tokens[:, :-1]], dim=1)
+        with torch.no_grad():
+            # the image placeholder became the image's features: the last len(tokens) positions predict the tokens
+            logits = model(input_ids=ids, images=pixels, image_sizes=[image_size]).logits[0, -tokens.shape[1]:]
+        out.append(logits.float())
+    return out
+
+
+def probe(checkpoint, base, image_path, follow=None):
     from PIL import Image
     from llava.conversation import conv_templates
     from llava.mm_utils import process_images, tokenizer_image_token
@@ -68,18 +84,25 @@ def probe(checkpoint, base, image_path):
             if name.endswith(".safetensors"):
                 with safe_open(os.path.join(folder, name), framework="pt") as f:
                     layout.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
-    return {"logits": logits, "prompt_ids": ids, "train_ids": sample["input_ids"][0],
-            "train_labels": sample["labels"][0], "layout": layout,
-            "chat": chat(model, tokenizer, version, pixels, image.size)}
+    result = {"logits": logits, "prompt_ids": ids, "train_ids": sample["input_ids"][0],
+              "train_labels": sample["labels"][0], "layout": layout,
+              "chat": chat(model, tokenizer, version, pixels, image.size)}
+    if follow is not None:
+        result["forced"] = forced(model, pixels, image.size, follow["chat"])
+    return result
 
 
 def main() -> int:
     output, image, *specs = sys.argv[1:]
+    followed = {}
+    if specs[:1] == ["--follow"]:
+        followed = torch.load(specs[1], weights_only=True)
+        specs = specs[2:]
     results = {}
     for spec in specs:
         name, paths = spec.split("=", 1)
         checkpoint, _, base = paths.partition(",")
-        results[name] = probe(checkpoint, base or None, image)
+        results[name] = probe(checkpoint, base or None, image, followed.get(name))
     torch.save(results, output)
     return 0
 

@@ -1,13 +1,12 @@
 """The lmms-eval model `llava_dpa`, the local-task builder, the text-path export and run_paper_suite.sh."""
 import json
 import os
-import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import PY, REPO, answer_questions, assert_same_greedy, run
+from conftest import PY, REPO, answer_questions, assert_same_greedy, instruction_context_copy, run
 
 TEXT_QUESTIONS = [
     {"question_id": "t0", "text": "What color is the shape?", "answer": "red", "type": "short"},
@@ -137,36 +136,60 @@ def test_template_comes_from_the_config(plugin, dpa_stage2, baseline_stage2, zoo
 
 
 def test_loglikelihood_is_the_sum_of_continuation_log_probs(plugin, zoo):
+    """continuation_logprob against the model's own forward (LLaVA's path, labels on the continuation): the summed
+    log-probabilities of the continuation's tokens and whether each is the argmax there, for the plugin's own greedy
+    reply, an arbitrary text, and two one-token continuations built from the forward's ranking (its first and second
+    choice), so the greedy flag is seen both true and false whatever the tiny model learned."""
+    from llava.mm_utils import process_images
     from PIL import Image
 
     image = Image.open(f"{zoo['images']}/img_000.png").convert("RGB")
     question = "What color is the shape?"
+    tok, model = plugin.tokenizer, plugin.model
+    prompt_ids = plugin._encode(plugin.prompt(question, 1))
+    pixels = process_images([image], plugin._processor, model.config)
+
+    def forward(cont_ids):
+        ids = torch.cat([prompt_ids, cont_ids])[None]
+        labels = ids.clone()
+        labels[0, :len(prompt_ids)] = -100
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=labels, images=pixels, image_sizes=[image.size])
+        # the image placeholder became the image's features: count the continuation's positions from the end
+        return out.logits[0, -len(cont_ids) - 1:-1].float(), out.loss
+
+    def reference(text):
+        cont = torch.tensor(tok(text, add_special_tokens=False).input_ids)
+        logits, loss = forward(cont)
+        total = logits.log_softmax(-1).gather(-1, cont[:, None]).sum().item()
+        assert total == pytest.approx(-loss.item() * len(cont), rel=1e-4)  # the model's mean cross-entropy
+        return total, bool((logits.argmax(-1) == cont).all())
+
     reply = plugin.generate_until(_requests(plugin, [{"text": question, "pil": image}],
                                             lambda d: {"until": ["<|im_end|>"], "max_new_tokens": 4}))[0]
-    greedy_ll, greedy = plugin.continuation_logprob(question, reply, [image])
-    other = "zzz" if reply != "zzz" else "red"
-    other_ll, other_greedy = plugin.continuation_logprob(question, other, [image])
-    assert greedy and not other_greedy and greedy_ll > other_ll
-
-    # Against the model's own mean cross-entropy over the same continuation tokens.
-    tok, model = plugin.tokenizer, plugin.model
-    from llava.mm_utils import process_images
-
-    prompt_ids = plugin._encode(plugin.prompt(question, 1))
-    cont = torch.tensor(tok(other, add_special_tokens=False).input_ids)
-    ids = torch.cat([prompt_ids, cont])[None]
-    labels = ids.clone()
-    labels[0, :len(prompt_ids)] = -100
     with torch.no_grad():
-        loss = model(input_ids=ids, labels=labels, images=process_images([image], plugin._processor, model.config),
-                     image_sizes=[image.size]).loss
-    assert other_ll == pytest.approx(-loss.item() * len(cont), rel=1e-4)
+        ranked = model(input_ids=prompt_ids[None], images=pixels, image_sizes=[image.size]).logits[0, -1].argsort(
+            descending=True)
+    # the model's first choice of a first token, and its best-ranked other choice, each as the text that encodes
+    # back to that one token
+    choices = [t for t in ranked[:50].tolist() if tok(tok.decode([t]), add_special_tokens=False).input_ids == [t]]
+    assert choices[0] == ranked[0].item(), "the model's first choice does not encode back to itself"
+    best, runner_up = tok.decode([choices[0]]), tok.decode([choices[1]])
+    other = "zzz" if reply != "zzz" else "red"
+    flags = {}
+    for text in ([reply] if reply else []) + [other, best, runner_up]:
+        expected_ll, expected_greedy = reference(text)
+        ll, greedy = plugin.continuation_logprob(question, text, [image])
+        assert ll == pytest.approx(expected_ll, rel=1e-4, abs=1e-4) and greedy is expected_greedy, text
+        flags[text] = (ll, greedy)
+    assert flags[best][1] is True and flags[runner_up][1] is False
+    other_ll, other_greedy = flags[other]
 
     # lmms-eval's loglikelihood entry point returns the same pair, text-only requests included
     pair = plugin.loglikelihood(_requests(plugin, [{"text": question, "pil": image}], lambda d: other))[0]
     pair = getattr(pair, "text", pair)
     # ... as the negative log-likelihood, which lmms-eval's multiple_choice scoring minimises
-    assert pair[0] == pytest.approx(-other_ll) and pair[1] is False
+    assert pair[0] == pytest.approx(-other_ll) and pair[1] is other_greedy
     text_only = plugin.loglikelihood(_requests(plugin, [{"text": question}], lambda d: other, visual=False))[0]
     assert getattr(text_only, "text", text_only)[0] != pytest.approx(-other_ll)
 
@@ -217,15 +240,7 @@ def test_instruction_context_checkpoint_sees_the_question(dpa_stage2, perceiver,
 
     from llava_dpa.eval.lmms_model import LlavaDPA
 
-    ckpt = tmp_path / "ctx"
-    shutil.copytree(dpa_stage2, ckpt)
-    config = json.loads((ckpt / "config.json").read_text())
-    config["perceiver_instruction_context"] = True
-    (ckpt / "config.json").write_text(json.dumps(config))
-    (ckpt / "perceiver_tokenizer").mkdir()
-    for f in perceiver.glob("*"):
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(f, ckpt / "perceiver_tokenizer")
+    ckpt = instruction_context_copy(dpa_stage2, perceiver, tmp_path / "ctx")
     model = LlavaDPA(pretrained=str(ckpt), device="cpu")
     tower = model.model.get_vision_tower()
     seen = []

@@ -15,10 +15,11 @@ launched with the project's DeepSpeed configs and its launcher.
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import PY, REPO, free_port, losses, on_line, run, tower_folder_weights, train_cmd
+from conftest import PY, REPO, free_port, losses, on_line, run, tower_folder_weights, train_cmd, worker_ports
 
 HELPER = str(REPO / "tests" / "hooked_train.py")
 LOSS_TOLERANCE = 1e-4
@@ -222,3 +223,23 @@ def test_two_ranks_measure_half_the_packing_lengths_each_and_agree_on_all():
     assert second["broken"] == "KeyError: 'sample 3 has no conversations'"
     assert first["sizes"] == second["sizes"] == \
         "ValueError: the processes loaded datasets of [11, 12] samples: every node needs the same --data_path"
+
+
+@pytest.mark.fast
+def test_free_ports_are_the_workers_own_and_never_handed_out_twice():
+    """conftest.free_port: each xdist worker draws from its own slice of ports below the OS's ephemeral range (read
+    from the kernel here), so a port one worker hands to a server cannot be the other worker's too; within a
+    process no port is handed out twice, and each one is free when handed out."""
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for count in (0, 1, 2, 4):
+        slices = [worker_ports(f"gw{i}", count) for i in range(count)] + [worker_ports(None, count)]
+        ports = [p for s in slices for p in s]
+        assert len(ports) == len(set(ports)) and all(len(s) >= 1000 for s in slices), count
+        assert max(ports) < low, (count, low)
+    handed = [free_port() for _ in range(20)]
+    assert len(set(handed)) == 20 and set(handed) <= set(worker_ports())
+    for port in handed:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))   # nothing listens there

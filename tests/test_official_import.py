@@ -4,28 +4,13 @@ transformers 4.57.6 from the release at commit 1faf467) for a batch of two sampl
 different sizes; fp32, max |diff| <= 1e-4. Both layouts the release writes are read."""
 from __future__ import annotations
 
-import gzip
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_dpa"
-
-
-def merged_source(tmp: Path) -> Path:
-    src = tmp / "official"
-    src.mkdir()
-    config = json.loads((FIXTURE / "checkpoint" / "config.json").read_text())
-    # The paths the fixture was built from, as a real checkpoint records them: Hub names, absent here.
-    config["perceiver_config"].update(vit_path="Qwen/Qwen2.5-VL-3B-Instruct", llm_path="Qwen/Qwen3-0.6B")
-    config["thinker_name_or_path"] = "Qwen/Qwen3-4B"
-    (src / "config.json").write_text(json.dumps(config))
-    with gzip.open(FIXTURE / "checkpoint" / "pytorch_model.bin.gz", "rb") as f, open(src / "pytorch_model.bin", "wb") as g:
-        shutil.copyfileobj(f, g)
-    return src
+from conftest import OFFICIAL_FIXTURE as FIXTURE
+from conftest import official_import_args, official_merged_source
 
 
 def split_source(merged: Path, tmp: Path) -> Path:
@@ -51,11 +36,7 @@ def split_source(merged: Path, tmp: Path) -> Path:
 def do_import(src: Path, out: Path, **extra) -> Path:
     from llava_dpa.official.importer import import_official
 
-    args = dict(vit_config=str(FIXTURE / "configs" / "vit"), perceiver_lm_config=str(FIXTURE / "configs" / "llm"),
-                target_config=str(FIXTURE / "configs" / "thinker"), target_tokenizer=str(FIXTURE / "tokenizer"),
-                perceiver_tokenizer=str(FIXTURE / "tokenizer"), log=lambda *_: None)
-    args.update(extra)
-    return import_official(str(src), str(out), **args)
+    return import_official(str(src), str(out), **official_import_args(**extra))
 
 
 def logits_match(checkpoint: Path):
@@ -103,19 +84,20 @@ def test_target_ids_are_what_this_project_builds():
         assert ids == sample["target_input_ids"]
 
 
-def test_merged_layout_equals_the_official_model(tmp_path):
-    out = do_import(merged_source(tmp_path), tmp_path / "dpa")
+def test_merged_layout_equals_the_official_model(official_import):
+    """The session's import (conftest.official_import) of the merged layout."""
+    out = official_import
     model = logits_match(out)
     tower = model.get_vision_tower()
     assert type(tower).__name__ == "QwenVLPerceiverTower" and model.config.mm_projector_type == "dpa_aligner"
     assert tower.spec["rotary"]["theta"] == 10000.0  # the checkpoint's perceiver_config, not the LM's 1e6
     for part in ("perceiver/config.json", "perceiver/model.safetensors", "thinker/config.json", "mm_projector.bin"):
         assert (out / part).is_file()
-    assert not (tmp_path / "dpa.partial").exists()
+    assert not out.with_name("dpa.partial").exists()
 
 
 def test_split_layout_equals_the_official_model(tmp_path):
-    out = do_import(split_source(merged_source(tmp_path), tmp_path), tmp_path / "dpa", target_config=None)
+    out = do_import(split_source(official_merged_source(tmp_path), tmp_path), tmp_path / "dpa", target_config=None)
     logits_match(out)
 
 
@@ -127,18 +109,24 @@ def test_other_layouts_are_refused_and_nothing_is_written(tmp_path):
     (bad / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(OfficialImportError, match="not an official DPA checkpoint.*forward_visual_tokens_llava_arch"):
         do_import(bad, tmp_path / "out")
-    src = merged_source(tmp_path)
+    src = official_merged_source(tmp_path)
     with pytest.raises(OfficialImportError, match="--vit-config"):
         do_import(src, tmp_path / "out", vit_config=None)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_imported_checkpoint_chats_answers_and_continues_training(tmp_path):
+def test_imported_checkpoint_chats_answers_and_continues_training(official_import, tmp_path):
     """DPA-4B-init's route: the imported checkpoint chats and answers a question file through LLaVA's own entry
     points, and stage 1 then stage 2 continue from its perceiver, its target and its aligner."""
-    from conftest import PY, answer_questions, entry_point, in_process, in_process_logged
+    from conftest import (
+        PY,
+        answer_questions,
+        entry_point,
+        in_process,
+        in_process_logged,
+    )
 
-    out = do_import(merged_source(tmp_path), tmp_path / "dpa")
+    out = official_import
     images = FIXTURE / "images"
     printed = entry_point("llava.serve.cli", "--model-path", out, "--image-file", images / "wide.png", "--device",
                           "cpu", "--max-new-tokens", "3", stdin="Describe the image.\n\n")
