@@ -555,7 +555,11 @@ class GreedyReference:
         """Assert that `other`, another path's greedy answer to `prompt` about the image, is the one computed here,
         or parts from it only at a near-tie (`assert_same_greedy`); returns the answer computed here."""
         from llava.conversation import conv_templates
-        from llava.mm_utils import KeywordsStoppingCriteria, process_images, tokenizer_image_token
+        from llava.mm_utils import (
+            KeywordsStoppingCriteria,
+            process_images,
+            tokenizer_image_token,
+        )
         from PIL import Image
 
         from llava_dpa.data.tokenization import IMAGE_TOKEN_INDEX

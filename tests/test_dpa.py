@@ -6,7 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_PINPOINTS, instruction_context_copy, tower_outputs_for_questions, train_cmd
+from conftest import (
+    TINY_PINPOINTS,
+    instruction_context_copy,
+    tower_outputs_for_questions,
+    train_cmd,
+)
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
 from test_entry_points import chat, check_chat
