@@ -94,12 +94,12 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     cls = target_class_for(cfg["model_type"])
     is_lora = os.path.isfile(os.path.join(model_path, "adapter_config.json"))
     has_projector_only = os.path.isfile(os.path.join(model_path, "mm_projector.bin")) and not checkpoint_keys(model_path)
+    if (is_lora or has_projector_only) and model_base is None:  # before the tokenizer, which may be the base's
+        kind = "a LoRA" if is_lora else "a projector-only (stage-1)"
+        raise CheckpointError(f"{model_path} is {kind} checkpoint: pass model_base (--model-base) = the base LLM folder")
     tokenizer = _tokenizer(model_path, model_base)
     tower_in_checkpoint = False
     if is_lora or has_projector_only:
-        if model_base is None:
-            kind = "a LoRA" if is_lora else "a projector-only (stage-1)"
-            raise CheckpointError(f"{model_path} is {kind} checkpoint: pass model_base (--model-base) = the base LLM folder")
         config = AutoConfig.from_pretrained(model_path)
         # A QLoRA run saves its 4-bit quantization_config; the LoRA merge needs unquantized base weights.
         if hasattr(config, "quantization_config"):

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 PROJECTOR_KEYS = ("mm_projector", "vision_resampler")
+#: beside a LoRA adapter: the parameters that are not LoRA's (LLaVA's name; llava_dpa/loading.py reads it)
+NON_LORA_NAME = "non_lora_trainables.bin"
 
 
 def gather(param) -> torch.Tensor:
@@ -55,26 +57,41 @@ def load_projector_state(model, path: str) -> None:
             own[k].copy_(v.to(own[k].dtype))
 
 
+def lora_layer_biases(model) -> set[str]:
+    """The parameter names of the biases of the modules that carry LoRA adapters (`--lora_bias lora_only`):
+    PEFT keeps a wrapped module's own weight and bias under `base_layer`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # lazy: peft imports bitsandbytes; only LoRA runs need it
+
+    return {f"{name}.base_layer.bias" for name, module in model.named_modules()
+            if isinstance(module, BaseTunerLayer) and getattr(module.get_base_layer(), "bias", None) is not None}
+
+
+def is_bias(name: str) -> bool:
+    return name == "bias" or name.endswith(".bias")
+
+
 def lora_state(model, bias: str) -> dict:
+    """The adapter's parameters to save, selected as PEFT selects them for `--lora_bias` (its
+    `get_peft_model_state_dict`, which filters what is passed to `save_pretrained` again by the same rule):
+    `none` the LoRA weights; `all` also every bias; `lora_only` also the biases of the modules with adapters."""
     named = list(model.named_parameters())
-    if bias == "none":
-        keep = {k: t for k, t in named if "lora_" in k}
-    elif bias == "all":
-        keep = {k: t for k, t in named if "lora_" in k or "bias" in k}
+    keep = {k: t for k, t in named if "lora_" in k}
+    if bias == "all":
+        keep.update({k: t for k, t in named if is_bias(k)})
     elif bias == "lora_only":
-        keep = {k: t for k, t in named if "lora_" in k}
-        lora_bias = {k.split("lora_")[0] + "bias" for k in keep}
-        keep.update({k: t for k, t in named if k in lora_bias})
-    else:
-        raise ValueError(f"unknown --lora_bias {bias!r}")
+        wanted = lora_layer_biases(model)
+        keep.update({k: t for k, t in named if k in wanted})
+    elif bias != "none":
+        raise ValueError(f"unknown --lora_bias {bias!r}: use none, all or lora_only")
     return {k: gather(v) for k, v in keep.items()}
 
 
-def non_lora_trainables(model) -> dict:
-    """Every trainable non-LoRA parameter, plus the vision tower (trainable or not): with it the
-    checkpoint is self-contained."""
+def non_lora_trainables(model, with_tower: bool = True) -> dict:
+    """Every trainable non-LoRA parameter, plus (`with_tower`) the vision tower, trainable or not: with it the
+    final checkpoint is self-contained. A resumable checkpoint needs only what trains (the frozen rest comes
+    from the base model again), so it leaves the frozen tower out."""
     return {k: gather(t) for k, t in model.named_parameters()
-            if "lora_" not in k and (t.requires_grad or ".vision_tower." in k)}
+            if "lora_" not in k and (t.requires_grad or (with_tower and ".vision_tower." in k))}
 
 
 class StagedOutput:

@@ -88,7 +88,7 @@ def save_final(trainer, model, tokenizer, run: RunConfig) -> None:
             with saving.StagedOutput(out) as staging:
                 model.config.save_pretrained(staging)
                 model.save_pretrained(staging, state_dict=lora)
-                torch.save(non_lora, os.path.join(staging, "non_lora_trainables.bin"))
+                torch.save(non_lora, os.path.join(staging, saving.NON_LORA_NAME))
                 tokenizer.save_pretrained(staging)
                 if tower is not None:
                     tower.save_extras(staging)

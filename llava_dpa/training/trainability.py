@@ -15,6 +15,7 @@ from enum import Enum
 import torch
 
 from llava_dpa.training.parts import PERCEIVER_PARTS, Part, part_of
+from llava_dpa.training.saving import is_bias, lora_layer_biases
 from llava_dpa.training.stage import Stage
 
 
@@ -95,11 +96,12 @@ class PartRow:
 def apply_trainability(model, run) -> list[PartRow]:
     """`run`: the RunConfig (its `choices` and per-part learning rates)."""
     plan = trainability_plan(run.choices)
+    lora_biases = lora_trained_biases(model, run.training.lora_bias) if run.training.lora_enable else set()
     counts: dict[Part, list[int]] = {}
     for name, param in model.named_parameters():
         part = part_of(name)
         mode = plan[part]
-        trains = mode is Mode.FULL or (mode is Mode.LORA and "lora_" in name)
+        trains = mode is Mode.FULL or (mode is Mode.LORA and ("lora_" in name or name in lora_biases))
         if trains and not param.is_floating_point():
             trains = False  # a quantized 4/8-bit weight
         param.requires_grad_(trains)
@@ -107,6 +109,19 @@ def apply_trainability(model, run) -> list[PartRow]:
         counts[part] = [total + _numel(param), trainable + (_numel(param) if trains else 0)]
     return [PartRow(part, plan[part], total, trainable, run.learning_rate_of(part) if trainable else None)
             for part, (total, trainable) in ((p, counts[p]) for p in Part if p in counts)]
+
+
+def lora_trained_biases(model, bias: str) -> set[str]:
+    """The biases `--lora_bias` trains beside the adapters, as PEFT's LoRA defines it: `all` every bias, `lora_only`
+    those of the modules with adapters, `none` none. Only inside parts that train through LoRA (`apply_trainability`):
+    a part the plan freezes stays frozen, biases included."""
+    if bias == "none":
+        return set()
+    if bias == "all":
+        return {name for name, _ in model.named_parameters() if is_bias(name)}
+    if bias == "lora_only":
+        return lora_layer_biases(model)
+    raise ValueError(f"unknown --lora_bias {bias!r}: use none, all or lora_only")
 
 
 def _numel(param) -> int:

@@ -7,6 +7,8 @@
   rather than redirecting transformers' own writer.
 - Stage-1 checkpoints hold `mm_projector.bin` plus the optimizer, scheduler and RNG state (LLaVA's held
   only the projector and could not be resumed).
+- LoRA checkpoints hold the adapter plus `non_lora_trainables.bin`, what trains in full beside it (the projector,
+  a perceiver): PEFT's adapter alone resumed those from their initial weights.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
 from llava_dpa.perceiver.aux_loss import AUX_KEYS, perceiver_lm_loss
+from llava_dpa.training.errors import RunConfigError
 from llava_dpa.training.optim import parameter_groups
 from llava_dpa.training.run_record import write_run_config
-from llava_dpa.training.saving import load_projector_state, save_projector
+from llava_dpa.training.saving import NON_LORA_NAME, load_projector_state, non_lora_trainables, save_projector
 from llava_dpa.training.stage import Stage
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -182,13 +185,41 @@ class DPATrainer(LLaVATrainer):
             save_projector(self.model, output_dir, use_im_start_end=self.run.model.mm_use_im_start_end)
             return
         transformers.Trainer._save(self, output_dir, state_dict)
+        if self.run.training.lora_enable and not self.is_deepspeed_enabled:
+            # PEFT writes the adapter only; what trains in full beside it (the projector, a perceiver) would start
+            # again from its initial weights on resume. DeepSpeed's own checkpoint holds every module weight.
+            torch.save(non_lora_trainables(self.model, with_tower=False), os.path.join(output_dir, NON_LORA_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         projector = os.path.join(resume_from_checkpoint, "mm_projector.bin")
         if self.stage is Stage.ALIGNMENT and os.path.isfile(projector):
             load_projector_state(model or self.model, projector)
             return
-        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        result = super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.run.training.lora_enable:
+            load_non_lora_trainables(model or self.model, resume_from_checkpoint)
+        return result
+
+
+def load_non_lora_trainables(model, checkpoint: str) -> None:
+    """A LoRA checkpoint's non-LoRA trainables back into the model being resumed: every parameter that trains
+    besides the adapters must be there (a checkpoint written without them cannot resume this run)."""
+    path = os.path.join(checkpoint, NON_LORA_NAME)
+    trains = {k for k, p in model.named_parameters() if p.requires_grad and "lora_" not in k}
+    if not os.path.isfile(path):
+        if not trains:
+            return
+        raise RunConfigError(f"{checkpoint} has no {NON_LORA_NAME}: the parameters that train besides the LoRA adapters "
+                             f"({len(trains)}, e.g. {min(trains)}) cannot be restored; resume from a checkpoint "
+                             f"written by this version, or start the run again in an empty --output_dir")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = sorted(trains - set(state))
+    if missing:
+        raise RunConfigError(f"{path} lacks {len(missing)} of the parameters this run trains, e.g. {missing[0]}: it was "
+                             f"written by another run configuration")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RunConfigError(f"{path}: weights {result.unexpected_keys[:3]} do not belong to this model")
 
 
 class SkippedSamplesCallback(TrainerCallback):

@@ -105,6 +105,9 @@ def check_quantization_and_lora(run: RunConfig) -> None:
         if wrong:
             raise RunConfigError(f"--lora_parts {' '.join(wrong)}: not a LoRA part of this model (the projector and "
                                  f"image_newline train in full; tower parts need that tower)")
+        if t.lora_bias not in ("none", "all", "lora_only"):
+            raise RunConfigError(f"--lora_bias {t.lora_bias}: use none, all (every bias of the parts under LoRA "
+                                 f"trains) or lora_only (the biases of the layers with adapters)")
     elif t.lora_parts != ["language_model"]:
         raise RunConfigError("--lora_parts without --lora_enable True: add --lora_enable True or drop --lora_parts")
 
