@@ -75,7 +75,7 @@ def official_checkpoint(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(zoo, baseline_stage2, dpa_stage2, dpa_adapters, tmp_path_factory):
+def stack(zoo, baseline_stage2, dpa_stage2, dpa_adapters, official_import, tmp_path_factory):
     """The controller and one worker per checkpoint kind; names carry no "llava" (nor, for the 4-bit worker,
     anything that says so). Yields {kind: (server, model_name, model_path, model_base, load_4bit)}."""
     root = tmp_path_factory.mktemp("serving")
@@ -90,8 +90,10 @@ def stack(zoo, baseline_stage2, dpa_stage2, dpa_adapters, tmp_path_factory):
         workers = {}
         for kind, (path, base, q4) in kinds.items():
             workers[kind] = start_worker(kind, controller, path, root, ["--max-image-pixels", MAX_PIXELS])
-        # while those two load: the official import
-        kinds["official"] = (official_checkpoint(root / "official_dpa4b"), None, False)
+        # the session's official import (read-only), linked under a name of its own
+        official = root / "official_dpa4b"
+        official.symlink_to(official_import, target_is_directory=True)
+        kinds["official"] = (official, None, False)
         # the session's QLoRA checkpoint with --model-base, loaded in 4 bits (bitsandbytes on CPU): both loader paths
         # in one worker; linked under a name without "llava" or "4bit"
         lora = root / "dpa_lora_r8"
