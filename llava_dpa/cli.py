@@ -24,11 +24,11 @@ def _library_commands():
     from llava_dpa.commands import (analyze, bench, bench_cache, bench_frozen, bench_packing, cache_features,
                                     eval as eval_command, export_hf, export_llm, extract_vit, import_official,
                                     lmms_task, perceiver, projector_budget, recipe, report, score, serve,
-                                    subset_data, zoo)
+                                    study, subset_data, zoo)
 
     return [zoo, recipe, eval_command, perceiver, extract_vit, subset_data, projector_budget, report, score, lmms_task,
             export_llm, export_hf, serve, analyze, bench, import_official, cache_features, bench_packing, bench_cache,
-            bench_frozen]
+            bench_frozen, study]
 
 
 #: the optional extras of setup.py, by the top-level module each one installs: a command that needs a module
