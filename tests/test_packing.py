@@ -127,3 +127,53 @@ def test_a_packed_run_resumes_mid_epoch_on_the_same_packs_and_refuses_nonsense(z
     with pytest.raises(ValueError, match="--per_device_train_batch_size 1"):
         in_process(train_cmd(zoo, tmp_path / "b", stage=2, extra=[
             "--pretrain_mm_mlp_adapter", str(baseline_stage1 / "mm_projector.bin"), "--packing_budget", "1024"]))
+
+
+@pytest.mark.fast
+def test_a_sample_longer_than_the_budget_is_a_pack_of_its_own():
+    from llava_dpa.data.packing import PackedBatchSampler
+
+    lengths = [30, 200, 120, 950, 80, 400, 10, 3000, 60, 401, 90]
+    longer = {i for i, n in enumerate(lengths) if n > 400}
+    for seed in range(5):
+        packs = PackedBatchSampler(lengths, budget=400, seed=seed).packs()
+        assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))  # none dropped, none cut
+        assert sorted(pack for pack in packs if set(pack) & longer) == sorted([i] for i in longer)
+        assert all(sum(lengths[i] for i in pack) <= 400 for pack in packs if not set(pack) & longer)
+
+
+@pytest.mark.fast
+def test_in_training_a_sample_longer_than_model_max_length_is_measured_at_it_and_skipped_as_bad(zoo, tmp_path):
+    """What training promises (data/packing.py): the budget is at least --model_max_length (refused otherwise:
+    test_run_config.py), a sample measures at most --model_max_length, and a longer one is a bad sample: alone in
+    its pack, then skipped (the next valid sample takes its place) or, with --strict_data True, named."""
+    from types import SimpleNamespace
+
+    from llava.conversation import conv_templates
+    from transformers import AutoTokenizer
+
+    from llava_dpa.data.dataset import DataSpec, LazySupervisedDataset, SampleError
+    from llava_dpa.data.packing import PackedBatchSampler, expanded_lengths
+    from llava_dpa.llava_integration.tower_registry import build_vision_tower
+
+    def sample(sid, words):
+        return {"id": sid, "image": "img_000.png", "conversations": [
+            {"from": "human", "value": "<image>\n" + "red " * words}, {"from": "gpt", "value": "blue"}]}
+
+    (tmp_path / "data.json").write_text(json.dumps([sample("a", 3), sample("long", 600), sample("b", 5)]))
+    tower = build_vision_tower(SimpleNamespace(mm_vision_tower=zoo["clip"], mm_vision_select_layer=-2))
+
+    def dataset(strict):
+        spec = DataSpec(conversation=conv_templates["qwen_3"], image_folder=zoo["images"], strict=strict,
+                        image_processor=tower.image_processor, image_aspect_ratio="square",
+                        tokens_per_image=tower.num_patches)
+        tokenizer = AutoTokenizer.from_pretrained(zoo["qwen3_lm"], model_max_length=256)
+        return LazySupervisedDataset(str(tmp_path / "data.json"), tokenizer, spec)
+
+    lenient = dataset(strict=False)
+    lengths = expanded_lengths(lenient)
+    assert lengths[1] == 256 and max(lengths[0], lengths[2]) < 64
+    assert [1] in PackedBatchSampler(lengths, budget=256, seed=0).packs()
+    assert torch.equal(lenient[1]["input_ids"], lenient[2]["input_ids"]) and lenient.skipped == 1
+    with pytest.raises(SampleError, match=r"sample #1 \(id 'long'\): \d+ tokens .* exceeds --model_max_length 256"):
+        dataset(strict=True)[1]

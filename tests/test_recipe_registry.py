@@ -8,8 +8,8 @@ import pytest
 from llava_dpa.cli import main as cli_main
 from llava_dpa.recipes import paper
 from llava_dpa.recipes.paper import REGISTRY, Recipe
-from llava_dpa.recipes.render import merge_flags, stage_command, stage_flags, trainings
-from llava_dpa.recipes.runner import steps
+from llava_dpa.recipes.render import RecipeError, merge_flags, stage_command, stage_flags, trainings
+from llava_dpa.recipes.runner import run_entry, steps
 from llava_dpa.recipes.settings import Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.fast
@@ -252,3 +252,72 @@ def test_a_table4_variant_differs_from_its_parent_only_in_its_flags(variant, fla
     v, p = (flags_of(stage_command(e, 2, SETTINGS).argv) for e in (entry, parent))
     changed = {k for k in set(v) | set(p) if v.get(k) != p.get(k)} - {"--output_dir"}
     assert changed == flags
+
+
+def in_folder(folder) -> Settings:
+    return dataclasses.replace(SETTINGS, paths=SETTINGS.paths | {"checkpoints": str(folder)})
+
+
+def test_recipe_run_with_a_stage_runs_that_stage_only(tmp_path, capsys, monkeypatch):
+    """`recipe run NAME --stage N` executes exactly the rendered command of that stage (the executor records it
+    here; tests/test_recipes.py runs one for real through the launcher); stage 2 without its stage-1 projector is
+    refused naming the command that makes it; a stage the entry does not train is refused by name."""
+    settings = in_folder(tmp_path)
+    executed = []
+    run_entry("llava-next-qwen3-4b", settings, stage=1, execute=executed.append)
+    assert executed == [stage_command("llava-next-qwen3-4b", 1, settings).command]
+    with pytest.raises(RecipeError, match="run `llava-dpa recipe run llava-next-qwen3-4b --stage 1` first"):
+        run_entry("llava-next-qwen3-4b", settings, stage=2, execute=executed.append)
+    assert len(executed) == 1
+    projector = tmp_path / "llava-next-qwen3-4b-stage1" / "mm_projector.bin"
+    projector.parent.mkdir()
+    projector.write_bytes(b"")  # what stage 1 leaves; stage 2's command names it
+    run_entry("llava-next-qwen3-4b", settings, stage=2, extra=["--max_steps", "3"], execute=executed.append)
+    assert executed[1:] == [stage_command("llava-next-qwen3-4b", 2, settings, ["--max_steps", "3"]).command]
+    assert flag(executed[1], "--pretrain_mm_mlp_adapter") == str(projector) and flag(executed[1], "--max_steps") == "3"
+    run_entry("llava-next-qwen3-4b", settings, stage=1, execute=executed.append)  # complete: skipped
+    assert len(executed) == 2
+    # the subset a stage-2 level reads is part of its stage 2, and only of it
+    steps_of_10k = [s.description for s in steps(REGISTRY["perceiver-10k"], settings, stage=2)]
+    assert steps_of_10k == ["a 10000-sample subset of the stage-2 data", "stage 2 of perceiver-10k"]
+    with pytest.raises(RecipeError, match="perceiver-untrained does not train stage 1"):
+        run_entry("perceiver-untrained", settings, stage=1, execute=executed.append)
+
+    # the command line: the same plan, printed by --dry-run
+    for key, value in settings.paths.items():
+        monkeypatch.setenv(f"LLAVA_DPA_{key.upper()}", value)
+    capsys.readouterr()
+    assert cli_main(["recipe", "run", "llava-next-qwen3-4b", "--stage", "2", "--dry-run", "--", "--max_steps", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    command = stage_command("llava-next-qwen3-4b", 2, load_settings(None), ["--max_steps", "3"]).command
+    assert printed == ["[recipe] stage 2 of llava-next-qwen3-4b", "  " + " ".join(command)]
+
+
+def test_a_cycle_in_the_registrys_prerequisites_is_refused_by_name(tmp_path, capsys, monkeypatch):
+    """Two entries that need each other's output (a DPA row on a perceiver re-initialised from that very row): with
+    --with-prerequisites the runner names the cycle instead of recursing; without, it names the missing output.
+    Every entry of the real registry plans with its prerequisites (no cycle there)."""
+    from llava_dpa.recipes.paper import PerceiverOf, ReinitialiseLM
+
+    cycle_a = dataclasses.replace(REGISTRY["dpa-qwen3-4b"], name="cycle-a", tower=PerceiverOf("cycle-b"))
+    cycle_b = dataclasses.replace(REGISTRY["perceiver-random-lm"], name="cycle-b", output_from=ReinitialiseLM("cycle-a"))
+    monkeypatch.setitem(REGISTRY, "cycle-a", cycle_a)
+    monkeypatch.setitem(REGISTRY, "cycle-b", cycle_b)
+    settings = in_folder(tmp_path)
+
+    def never(command):
+        raise AssertionError(f"nothing may run: {command}")
+
+    with pytest.raises(RecipeError, match="prerequisites form a cycle: cycle-a -> cycle-b -> cycle-a; each needs"):
+        run_entry("cycle-a", settings, with_prerequisites=True, execute=never)
+    with pytest.raises(RecipeError, match="cycle-a needs cycle-b's output"):
+        run_entry("cycle-a", settings, execute=never)
+    for key, value in settings.paths.items():
+        monkeypatch.setenv(f"LLAVA_DPA_{key.upper()}", value)
+    capsys.readouterr()
+    assert cli_main(["recipe", "run", "cycle-b", "--with-prerequisites", "--dry-run"]) == 2
+    assert "form a cycle: cycle-b -> cycle-a -> cycle-b" in capsys.readouterr().err
+
+    for entry in paper.ENTRIES:
+        run_entry(entry, settings, with_prerequisites=True, dry_run=True, execute=never)
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing

@@ -10,6 +10,11 @@ crosses a sample boundary. The target thus computes no padding at all.
 The packs are cut once (next-fit over a shuffle seeded by --seed) and each epoch trains them in an order
 seeded by --seed and the epoch: a resumed run, which skips the batches it already trained, sees the same
 packs, and every epoch has as many packs as the Trainer counted.
+
+A sample longer than the budget is a pack of its own (`PackedBatchSampler`), never truncated by packing. Training
+never meets one: the budget must be at least --model_max_length (`training/validation.py` refuses less), a sample
+measures at most --model_max_length (`dataset.expanded_length`), and one longer than that is a bad sample, skipped
+like any other (its place taken by the next valid sample) or, with --strict_data True, the run stops naming it.
 """
 from __future__ import annotations
 

@@ -125,8 +125,10 @@ def run_entry(entry: Recipe | str, settings: Settings, stage: int | None = None,
     """Run `entry`'s steps in order, each through `execute(command)` (its own process by default; the tests
     pass an executor that runs the same command in their process)."""
     entry = get(entry) if isinstance(entry, str) else entry
-    if entry.name in _seen:
-        raise RecipeError(f"the registry has a cycle through {entry.name}")
+    if entry.name in _seen:  # each entry needs the next one's output: none can ever be made
+        cycle = " -> ".join(_seen[_seen.index(entry.name):] + (entry.name,))
+        raise RecipeError(f"the registry's prerequisites form a cycle: {cycle}; each needs the next one's output, so "
+                          f"none can be made (fix the entries' tower, stage1_shared_with or output_from)")
     for needed in missing_prerequisites(entry, settings, stage):
         if not with_prerequisites:
             raise RecipeError(f"{entry.name} needs {needed.name}'s output at {output_dir(needed, settings)}, which is "
