@@ -8,10 +8,12 @@ generation_config.json and a model card. Everything is written into a temporary 
 into place when complete.
 
 What it covers: the ViT baselines (CLIP, SigLIP, SigLIP2, Qwen2.5-VL at fixed tiles or native resolution,
-the official baseline's merger projector), DPA with the LLaVA-format perceiver (its instruction context
-included) and DPA with the Qwen-VL-native perceiver with the official Qwen3 M-RoPE LM (imported releases
-included). Refused, naming why: anyres tiles and `pad` images, image start/end tokens, Qwen2.5-VL / Qwen3-VL
-stock perceiver LMs.
+the official baseline's merger projector), DPA with the LLaVA-format perceiver (any of those ViTs at tiles, its
+instruction context and select layer included) and DPA with the Qwen-VL-native perceiver with the official Qwen3
+M-RoPE LM (imported releases included); Qwen3 and LLaMA targets (qwen_3 / llama_3 templates); every projector
+LLaVA and llava-dpa build. Refused from the checkpoint's config, before the model loads, naming why: anyres tiles
+and `pad` images, image start/end tokens, templates without a chat template here, Qwen2.5-VL / Qwen3-VL stock
+perceiver LMs. tests/test_export_hf.py runs every kind on both transformers lines against the LLaVA path.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from llava_dpa.export.remote.configuration_llava_dpa import LlavaDpaConfig
 from llava_dpa.export.remote.modeling_llava_dpa import LlavaDpaForConditionalGeneration
 from llava_dpa.loading import load_pretrained_model
 from llava_dpa.perceiver.instruction import turn_end_ids
+from llava_dpa.perceiver.qwen_vl import SPEC_TYPE as QWEN_VL_SPEC
 from llava_dpa.perceiver.qwen_vl_tower import QwenVLPerceiverTower
 from llava_dpa.perceiver.tower import PerceiverTower
 from llava_dpa.towers.clip import CLIPTower
@@ -202,6 +205,18 @@ def _check_checkpoint(ckpt: Path, model_base: str | None) -> None:
                           f"export-hf writes square tiles and native resolution")
     if values.get("mm_use_im_start_end"):
         raise ExportError(f"{ckpt}: image start/end tokens (mm_use_im_start_end) are not exported")
+    # what the config already says cannot be exported is refused before the model loads
+    chat_template(values.get("conv_version"))
+    tower = values.get("mm_vision_tower_config")
+    if isinstance(tower, dict) and tower.get("model_type") == QWEN_VL_SPEC:
+        check_qwen_vl_text_model(tower, str(ckpt))
+
+
+def check_qwen_vl_text_model(spec: dict, source: str) -> None:
+    if spec.get("text_model") != "qwen3_mrope":
+        raise ExportError(f"{source}: the Qwen-VL perceiver's LM {spec.get('text_model')!r} is not exported yet "
+                          f"(export-hf writes the official perceiver's Qwen3 M-RoPE LM, as import-official and "
+                          f"make-perceiver --native build it)")
 
 
 def export_hf(ckpt, out, model_base: str | None = None, dtype: str = "float32", log=print) -> Path:
@@ -245,8 +260,7 @@ def describe(model, tokenizer, source: str) -> dict:
         vision = {"kind": "llava_perceiver", "vit": vit, "projector": inner_projector, "text_config": text,
                   "prefix_ids": list(tower.prefix_ids), "select_layer": tower.select_layer}
         p = "model.vision_tower.perceiver."
-        renames += [(p + "model.vision_tower.vision_tower.vision_model.", "vision_tower.vit.encoder."),
-                    (p + "model.vision_tower.vision_tower.", "vision_tower.vit.encoder."),
+        renames += [(p + "model.vision_tower.vision_tower.", "vision_tower.vit.encoder."),
                     (p + "model.mm_projector.", ("vision_tower.projector.", inner_bare)),
                     (p + "model.image_newline", None), (p + "lm_head.", None),
                     (p + "model.", "vision_tower.language_model.")]
@@ -258,9 +272,7 @@ def describe(model, tokenizer, source: str) -> dict:
         label = "DPA, LLaVA-format perceiver" + (" with its instruction context" if tower.instruction_context else "")
     elif isinstance(tower, QwenVLPerceiverTower):
         spec = tower.spec
-        if spec["text_model"] != "qwen3_mrope":
-            raise ExportError(f"{source}: the Qwen-VL perceiver's LM {spec['text_model']!r} is not exported yet "
-                              f"(export-hf writes the official perceiver's Qwen3 M-RoPE LM)")
+        check_qwen_vl_text_model(spec, source)
         p = tower.image_processor
         image = {"mode": "native", "patch_size": p.patch_size, "merge_size": p.merge_size,
                  "temporal_patch_size": spec["vision_config"].get("temporal_patch_size", 2),
@@ -283,8 +295,7 @@ def describe(model, tokenizer, source: str) -> dict:
         label = "DPA, Qwen-VL-native perceiver (the official release's form)"
     else:
         vision, image = vit_spec(tower)
-        renames += [("model.vision_tower.vision_tower.vision_model.", "vision_tower.encoder."),
-                    ("model.vision_tower.vision_tower.", "vision_tower.encoder.")]
+        renames += [("model.vision_tower.vision_tower.", "vision_tower.encoder.")]
         perceiver = None
         label = f"baseline, {vision['kind']} ViT" + (" at native resolution" if vision.get("native") else "")
     renames += [("model.mm_projector.", ("mm_projector.", bare)), ("model.image_newline", None),
@@ -318,7 +329,8 @@ def write(folder: Path, model, tokenizer, parts: dict, dtype: torch.dtype, sourc
         tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     version = parts["version"]
-    from llava.conversation import conv_templates  # the template's default system prompt
+    # the template's default system prompt
+    from llava.conversation import conv_templates
 
     system = conv_templates[version].system if version in conv_templates else ""
     tokenizer.chat_template = chat_template(version, system)

@@ -63,9 +63,24 @@ def merged_tokens(output) -> torch.Tensor:
     return output if torch.is_tensor(output) else output.pooler_output
 
 
+class VisionModelLevel(nn.Module):
+    """An HF CLIP/SigLIP/SigLIP2 vision model held under `vision_model`, as 4.57's own classes hold their
+    transformer: transformers 5 dropped that level, and keeping it gives the exported weights the same names on
+    both lines (llava-dpa's towers hold it the same way)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.vision_model = model
+
+    def forward(self, *args, **kwargs):
+        return self.vision_model(*args, **kwargs)
+
+
 class VisionEncoder(nn.Module):
-    """A ViT as the LLaVA path's tower uses it. `encoder` holds the HF vision model's parameters with the same
-    names on both transformers lines (4.57's CLIP/SigLIP `vision_model` level is unwrapped)."""
+    """A ViT as the LLaVA path's tower uses it. `encoder` is the HF vision model itself (CLIP/SigLIP/SigLIP2 under a
+    `vision_model` level on both lines), called whole, as llava-dpa's towers call it: on 4.57 SigLIP's hidden
+    states are recorded by the vision model's forward (`check_model_inputs`), so its inner transformer called alone
+    returns none, and SigLIP2's inner transformer takes `attention_mask`, not the model's `pixel_attention_mask`."""
 
     def __init__(self, spec: dict, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -90,7 +105,7 @@ class VisionEncoder(nn.Module):
             config = config_cls(**values)
             config._attn_implementation = attn_implementation
             model = model_cls(config)
-            self.encoder = model.vision_model if hasattr(model, "vision_model") else model
+            self.encoder = model if hasattr(model, "vision_model") else VisionModelLevel(model)
             self.config_ = config
         elif self.kind == "qwen2_5_vl":
             from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import (
@@ -126,12 +141,22 @@ class VisionEncoder(nn.Module):
             shapes = torch.tensor([[gh, gw]] * n, device=pixel_values.device)
             out = self.encoder(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes,
                                output_hidden_states=True)
-            return out.hidden_states[self.select_layer]
-        out = self.encoder(pixel_values, output_hidden_states=True)
-        features = out.hidden_states[self.select_layer]
+            return self._selected(out)
+        features = self._selected(self.encoder(pixel_values, output_hidden_states=True))
         if self.kind == "clip" and self.select_feature == "patch":
             features = features[:, 1:]
         return features
+
+    def _selected(self, out) -> torch.Tensor:
+        """The `select_layer` entry of the hidden states, which must be the embeddings and one per layer: a
+        missing or longer tuple would make the index pick another layer's features without a word."""
+        states, layers = out.hidden_states, self.config_.num_hidden_layers
+        if states is None or len(states) != layers + 1:
+            raise LlavaDpaModelError(
+                f"the {self.kind} vision model returned {'no' if states is None else len(states)} hidden states for "
+                f"{layers} layers (expected {layers + 1}); this transformers version records them another way, so "
+                f"its features cannot be selected (the export is tested on transformers 4.57.6 and 5.24.0)")
+        return states[self.select_layer]
 
     def _qwen_tiles(self, pixel_values):
         cfg = self.config_
@@ -289,6 +314,16 @@ class QwenVLPerceiver(nn.Module):
         return features
 
 
+def padded_positions(attention_mask, length: int):
+    """Each row's positions counted from its first real token, for a batch with padding (None without): the
+    target computes 0..L-1 for every row otherwise, so a left-padded row would read shifted positions. The mask
+    covers the cached tokens too; the last `length` positions are this call's. generate() computes the same."""
+    if attention_mask is None or attention_mask.ndim != 2 or bool(attention_mask.all()):
+        return None
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)[:, -length:]
+
+
 # ---- the model ----------------------------------------------------------------------------------------------------
 
 class LlavaDpaPreTrainedModel(PreTrainedModel):
@@ -329,6 +364,8 @@ class LlavaDpaForConditionalGeneration(LlavaDpaPreTrainedModel, GenerationMixin)
         text = config.text_config
         self.model = AutoModel.from_config(text)
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        # transformers picks the loss from the class name, and "ForConditionalGeneration" names none: a causal LM's
+        self.loss_type = "ForCausalLM"
         self.post_init()
 
     def get_input_embeddings(self):
@@ -389,8 +426,12 @@ class LlavaDpaForConditionalGeneration(LlavaDpaPreTrainedModel, GenerationMixin)
         if inputs_embeds is None:
             inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_grid_thw, perceiver_input_ids,
                                                    perceiver_attention_mask)
-        # cache arguments (past_key_values, cache_position or its successor) go to the target untouched
+        if position_ids is None:
+            position_ids = padded_positions(attention_mask, inputs_embeds.shape[1])
+        # cache arguments (past_key_values, cache_position or its successor) go to the target untouched; the
+        # Trainer's loss count (num_items_in_batch) goes to the loss, not to the target
         kwargs.pop("token_type_ids", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past_key_values, use_cache=use_cache, return_dict=True, **kwargs)
         hidden = out.last_hidden_state
@@ -398,9 +439,8 @@ class LlavaDpaForConditionalGeneration(LlavaDpaPreTrainedModel, GenerationMixin)
         logits = self.lm_head(hidden[:, keep, :])
         loss = None
         if labels is not None:
-            shift = logits[..., :-1, :].contiguous().float()
-            loss = nn.functional.cross_entropy(shift.view(-1, shift.shape[-1]), labels[..., 1:].contiguous().view(-1),
-                                               ignore_index=-100)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                       hidden_states=out.hidden_states, attentions=out.attentions)
 

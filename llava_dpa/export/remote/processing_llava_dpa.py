@@ -128,7 +128,9 @@ class LlavaDpaProcessor:
     def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = True,
                             return_dict: bool = True, return_tensors: str = "pt", images=None, **kwargs):
         """Render chat messages with the checkpoint's template; with `tokenize`, also process the images the
-        messages hold ({"type": "image", "image": ...}, in order) or `images`. One conversation or a list."""
+        messages hold ({"type": "image", "image": ...}, in order) or `images`. One conversation or a list (padded on
+        `padding_side`, the tokenizer's by default)."""
+        padding_side = kwargs.pop("padding_side", None)
         batched = bool(messages) and isinstance(messages[0], (list, tuple))
         conversations = messages if batched else [messages]
         texts, found = [], []
@@ -147,7 +149,7 @@ class LlavaDpaProcessor:
         if len(images) != sum(text.count(IMAGE_TOKEN) for text in texts):
             raise ValueError(f"the messages hold {sum(t.count(IMAGE_TOKEN) for t in texts)} images but {len(images)} "
                              f"image inputs were found; give each image part an 'image' (a PIL image or a path)")
-        out = self(text=texts, images=images or None, return_tensors=return_tensors)
+        out = self(text=texts, images=images or None, return_tensors=return_tensors, padding_side=padding_side)
         return out if return_dict else out["input_ids"]
 
     def _tokenize_with_images(self, text: str) -> list[int]:
@@ -293,6 +295,8 @@ class LlavaDpaProcessor:
                     row.append(t)
             expanded.append(row)
         side = padding_side or getattr(self.tokenizer, "padding_side", "right") or "right"
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side {side!r}: pad on the 'left' (for batched generation) or the 'right'")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         text_data = self._padded(expanded, side=side, pad=pad)
         data["input_ids"], data["attention_mask"] = text_data["perceiver_input_ids"], text_data["perceiver_attention_mask"]
