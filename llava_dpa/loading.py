@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from llava_dpa.data.tokenization import load_tokenizer
 from llava_dpa.language_models import target_class_for
+from llava_dpa.language_models.base import hook_hidden_states_from_the_top
 from llava_dpa.towers.weights import checkpoint_keys
 
 TOWER_KEY = ".vision_tower."
@@ -134,6 +135,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
         tower.load_model(device_map=device_map)
     # The tower runs at the projector's dtype (never quantized), on the model's device.
     tower.to(device=model.device, dtype=next(model.get_model().mm_projector.parameters()).dtype)
+    hook_hidden_states_from_the_top(model)
     model.eval()
     context_len = getattr(model.config, "max_sequence_length", None) or getattr(
         model.config, "tokenizer_model_max_length", None) or 2048

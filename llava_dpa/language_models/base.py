@@ -64,6 +64,22 @@ class LlavaCausalLMMixin:
         return inputs
 
 
+def hook_hidden_states_from_the_top(model) -> None:
+    """Install transformers' output-capturing hooks once, from the outermost model, before any forward asks for
+    hidden states. transformers 5.x installs them on first request and recurses into nested models, but installs
+    them again on a nested model that already has them (`output_capturing.recursively_install_hooks` does not check
+    `_output_capturing_hooks_installed`): after a tower (or perceiver LM) has answered `output_hidden_states=True` and
+    the whole model is then asked for its hidden states (MIR, CKA), the tower records every layer twice and
+    `hidden_states[select_layer]` is another layer, silently. Installed from the top, every nested model is marked
+    as hooked and nothing installs twice. The hooks do nothing unless a call collects outputs. transformers 4.57
+    records hidden states without hooks: nothing to do."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    maybe_install_capturing_hooks(model)
+
+
 def rope_settings_for_this_line(kwargs: dict) -> dict:
     """transformers 5 saves RoPE as `rope_parameters` ({rope_theta, rope_type, ...}) without the top-level
     `rope_theta`/`rope_scaling` that 4.57 reads; 4.57 would silently fall back to its default theta (10000

@@ -14,6 +14,7 @@ import torch
 from llava_dpa.data.dataset import DataSpec, make_supervised_data_module
 from llava_dpa.data.feature_cache import FeatureCacheError, FeatureCacheReader, manifest_for, refuse_unsupported
 from llava_dpa.data.tokenization import load_tokenizer
+from llava_dpa.language_models.base import hook_hidden_states_from_the_top
 from llava_dpa.perceiver.aux_loss import aux_data_for
 from llava_dpa.projectors.official import adopt_pretrained_merger
 from llava_dpa.training import saving
@@ -48,6 +49,7 @@ def setup_vision(model, run: RunConfig, tokenizer):
     if run.training.bits in (4, 8):
         inner.mm_projector.to(dtype=run.compute_dtype, device=run.training.device)
     model.initialize_vision_tokenizer(run.model, tokenizer=tokenizer)
+    hook_hidden_states_from_the_top(model)  # before the MIR callback asks the whole model for hidden states
     return tower
 
 
