@@ -1,9 +1,10 @@
 """The registry's runs train end to end on the tiny zoo with tiny-model overrides only (llava_dpa/zoo/recipes.py):
-through the shipped launcher in a process of their own (one test), and through `run_entry` in this process for
-every row the tests read (the session fixture `registry`). The flags themselves are checked without training in
+through `run_entry` in this process for every row the tests read (the session fixture `registry`), and one stage
+through the shipped launcher in a process of its own. The flags themselves are checked without training in
 test_recipe_registry.py."""
 import json
 import os
+import shutil
 
 import torch
 
@@ -26,14 +27,20 @@ def launch(settings, *args):
     return run(["bash", str(REPO / "scripts/train/launch.sh"), *args, "--", *TINY], env=env_for(settings), timeout=900)
 
 
-def test_the_launcher_trains_a_row_refuses_a_missing_prerequisite_and_skips_what_is_complete(zoo, tmp_path,
-                                                                                             monkeypatch, capsys):
-    """scripts/train/launch.sh -> `llava-dpa recipe run` -> each step in its own process, settings from the
-    LLAVA_DPA_* environment; then the same `recipe run`, in this process, refuses and skips."""
+def test_the_launcher_trains_one_stage_refuses_a_missing_prerequisite_and_skips_what_is_complete(zoo, registry, tmp_path,
+                                                                                                  monkeypatch, capsys):
+    """scripts/train/launch.sh NAME --stage 2 -> `llava-dpa recipe run` -> that stage in its own process, settings
+    from the LLAVA_DPA_* environment. The row's stage 1 is the session's (the `registry` fixture trained it with these
+    overrides): copied in and left untouched, so the launcher trains stage 2 only. Then the same `recipe run`, in this
+    process, refuses and skips."""
     settings = tiny_settings(zoo, tmp_path / "checkpoints")
     ckpt = settings.checkpoints
-    launch(settings, "llava-next-qwen3-4b", "--with-prerequisites")
-    assert (ckpt / "llava-next-qwen3-4b-stage1" / "mm_projector.bin").is_file()
+    stage1 = ckpt / "llava-next-qwen3-4b-stage1"
+    shutil.copytree(registry.checkpoints / stage1.name, stage1)
+    stage1_files = {p.name: p.stat().st_mtime_ns for p in stage1.iterdir()}
+    launched = launch(settings, "llava-next-qwen3-4b", "--stage", "2")
+    assert "[recipe] stage 2 of llava-next-qwen3-4b" in launched.stdout and "[recipe] stage 1" not in launched.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in stage1.iterdir()} == stage1_files
     assert (ckpt / "llava-next-qwen3-4b" / "model.safetensors").is_file()
     recorded = json.loads((ckpt / "llava-next-qwen3-4b" / "run_config.json").read_text())
     assert recorded["argv"] == stage_command("llava-next-qwen3-4b", 2, settings, TINY).argv
