@@ -155,7 +155,7 @@ ONE_STEP = {
     "qwen_vit_tiles": (lambda zoo, shared: zoo["qwen2_5_vl_vit"], "qwen3_lm", []),
     "dpa_siglip_llama": (lambda zoo, shared: str(shared("export_perceiver_siglip",
                                                          lambda out: _siglip_perceiver(zoo, out))),
-                         "llama_lm", []),
+                         "llama_lm", ["--dpa_select_layer", "-2"]),
 }
 CASES = ["baseline", "dpa", pytest.param("dpa_lora", marks=pytest.mark.xdist_group("dpa_adapters")),
          "dpa_instruction_context", "official_import", "official_baseline", *ONE_STEP]
@@ -179,9 +179,7 @@ def checkpoints(request, zoo, tmp_path_factory):
             dpa = request.getfixturevalue("dpa_stage2")
             return shared("export_dpa_ic", lambda out: (out.rmdir(), _instruction_context_copy(dpa, out))), None
         if kind == "official_import":
-            from test_serving import official_checkpoint
-
-            return shared("export_official_import", lambda out: official_checkpoint(out / "ckpt")) / "ckpt", None
+            return request.getfixturevalue("official_import"), None  # the session's import (read-only)
         if kind == "official_baseline":
             return request.getfixturevalue("official")[0] / OFFICIAL_BASELINE, None
         if kind in ONE_STEP:

@@ -28,7 +28,6 @@ from llava_dpa.serving.client import answer_of, encode_image, load_run, prompt_f
 # checkpoint the 4-bit worker serves: the fixture is trained once per worker, so its users share one
 pytestmark = pytest.mark.xdist_group("dpa_adapters")
 
-OFFICIAL_FIXTURE = REPO / "tests" / "fixtures" / "official_dpa"
 QUESTIONS = ("What color is the shape?", "What shape is it?")
 MAX_PIXELS = 128 * 128  # the workers' --max-image-pixels here (the zoo's images are smaller)
 ARTIFACTS = Path(os.environ.get("LLAVA_DPA_ARTIFACTS", REPO / "outputs" / "test-artifacts"))
@@ -49,29 +48,6 @@ def tiles_copy(checkpoint: Path, out: Path) -> Path:
                   image_grid_pinpoints=[list(p) for p in parse_pinpoints(TINY_PINPOINTS)])
     (out / "config.json").write_text(json.dumps(config))
     return out
-
-
-def official_checkpoint(out: Path) -> Path:
-    """DPA with the Qwen-VL-native perceiver, imported from the official release's fixture (as
-    tests/test_official_import.py does)."""
-    import gzip
-
-    from llava_dpa.official.importer import import_official
-
-    src = out.parent / "official_src"
-    src.mkdir()
-    config = json.loads((OFFICIAL_FIXTURE / "checkpoint" / "config.json").read_text())
-    config["perceiver_config"].update(vit_path="Qwen/Qwen2.5-VL-3B-Instruct", llm_path="Qwen/Qwen3-0.6B")
-    config["thinker_name_or_path"] = "Qwen/Qwen3-4B"
-    (src / "config.json").write_text(json.dumps(config))
-    with gzip.open(OFFICIAL_FIXTURE / "checkpoint" / "pytorch_model.bin.gz", "rb") as f, \
-            open(src / "pytorch_model.bin", "wb") as g:
-        shutil.copyfileobj(f, g)
-    configs = OFFICIAL_FIXTURE / "configs"
-    return Path(import_official(str(src), str(out), vit_config=str(configs / "vit"),
-                                perceiver_lm_config=str(configs / "llm"), target_config=str(configs / "thinker"),
-                                target_tokenizer=str(OFFICIAL_FIXTURE / "tokenizer"),
-                                perceiver_tokenizer=str(OFFICIAL_FIXTURE / "tokenizer"), log=lambda *_: None))
 
 
 @pytest.fixture(scope="module")
