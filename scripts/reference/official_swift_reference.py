@@ -194,8 +194,8 @@ def release_root(path: str) -> Path:
               "ms-swift/modelings/modeling_forward_visual_tokens_llava_arch.py"]
     missing = [n for n in needed if not (root / n).is_file()]
     if missing:
-        sys.exit(f"{root} is not a work tree of THUMAI-Lab/Deep-Pre-Alignment (missing {missing}); get it with "
-                 f"`git clone https://github.com/THUMAI-Lab/Deep-Pre-Alignment` (commit {RELEASE_COMMIT})")
+        sys.exit(f"{root} is not a work tree of THUMAI-Lab/Deep-Pre-Alignment (missing {missing}): pass a clone of "
+                 f"github THUMAI-Lab/Deep-Pre-Alignment at commit {RELEASE_COMMIT}")
     return root
 
 
