@@ -81,8 +81,9 @@ clean:
 
 # ---- the prepared GPU check (docs/gpu.md) -------------------------------------------------------------------
 # On a development machine with PyPI: the wheels scripts/gpu/check.sh installs offline on the GPU machine
-# (llava-torch, bitsandbytes, and the small dependencies the GPU image lacks) into gpu_bundle/ (ignored), for
-# the GPU machine's Python (GPU_PYTHON); refused when it and the working tree pass 60 MiB.
+# (llava-torch, bitsandbytes, DeepSpeed built here from its sdist without ops, and the small dependencies the GPU
+# image lacks) into gpu_bundle/ (ignored), for the GPU machine's Python (GPU_PYTHON); refused when it and the
+# working tree pass 60 MiB.
 .PHONY: gpu-bundle
 GPU_PYTHON ?= 3.12
 gpu-bundle:

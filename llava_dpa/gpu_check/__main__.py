@@ -7,8 +7,10 @@ import json
 import sys
 import tempfile
 
-from llava_dpa.gpu_check.runner import execute, plan
+from llava_dpa.gpu_check.runner import attn_refusal, execute, plan, select
 from llava_dpa.gpu_check.runner import run as run_all
+
+ATTN = ("sdpa", "flash_attention_2")
 
 
 def main(argv=None) -> int:
@@ -25,20 +27,24 @@ def main(argv=None) -> int:
     run.add_argument("--only", nargs="+", default=None, metavar="CHECK",
                      help=f"these checks and what they need: {' '.join(u.name for u in plan())}")
     run.add_argument("--deadline", type=float, default=None, help="seconds for the whole run")
+    run.add_argument("--attn", choices=ATTN, default="sdpa",
+                     help="the target's attention in the checks' models; flash_attention_2 (flash-attn installed) "
+                          "runs the packed flash-attention path, with --only naming checks other than forward")
     one = sub.add_parser("unit", help="one check (the runner's child process)")
     one.add_argument("name")
     one.add_argument("--size", required=True)
     one.add_argument("--workdir", required=True)
     one.add_argument("--device", required=True)
     one.add_argument("--result", required=True)
+    one.add_argument("--limit", type=float, default=None, help="the check's seconds (bounds the processes it starts)")
+    one.add_argument("--attn", choices=ATTN, default="sdpa")
     args = parser.parse_args(argv)
 
     if args.command == "unit":
-        result = execute(args.name, args.size, args.workdir, args.device)
+        result = execute(args.name, args.size, args.workdir, args.device, args.limit, args.attn)
         with open(args.result, "w") as f:
             json.dump(result, f, default=str)
         return 0
-
 
     device = args.device or ("cuda" if args.size == "full" else "cpu")
     if device.startswith("cuda"):
@@ -48,11 +54,20 @@ def main(argv=None) -> int:
             print("gpu-check: no CUDA device here; run the CPU smoke instead (scripts/gpu/check.sh --cpu-smoke OUTDIR)",
                   file=sys.stderr)
             return 2
+    try:
+        units = select(plan("full") if args.only else plan(args.size), args.only)
+    except ValueError as exc:
+        print(f"gpu-check: {exc}", file=sys.stderr)
+        return 2
+    refusal = attn_refusal(args.attn, device, units)
+    if refusal:
+        print(f"gpu-check: {refusal}", file=sys.stderr)
+        return 2
     isolation = args.isolation or ("process" if args.size == "full" else "inline")
     if args.workdir:
-        return run_all(args.outdir, args.size, device, isolation, args.workdir, args.only, args.deadline)
+        return run_all(args.outdir, args.size, device, isolation, args.workdir, args.only, args.deadline, args.attn)
     with tempfile.TemporaryDirectory(prefix="llava-dpa-gpu-check-") as workdir:
-        return run_all(args.outdir, args.size, device, isolation, workdir, args.only, args.deadline)
+        return run_all(args.outdir, args.size, device, isolation, workdir, args.only, args.deadline, args.attn)
 
 
 if __name__ == "__main__":

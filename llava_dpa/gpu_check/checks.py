@@ -11,6 +11,9 @@ constants below (docs/gpu.md states them).
   trains (grouped by part), peak memory.
 - qlora: the 32B recipe's stage 2 (4-bit target with LoRA, LoRA on the perceiver) on a 32B-wide target cut to a
   few layers, one step.
+- zero3: one DPA stage-2 step under DeepSpeed ZeRO-3, launched as multi-GPU users launch it (the registry's
+  `deepspeed --module llava.train.train_mem --deepspeed zero3.json` command, one process): a finite loss, one step,
+  the saved (gathered) weights moved from the loaded ones in every part that trains.
 - packing: the same padded batch run padded and packed: loss and every parameter's gradient.
 - bench: `llava-dpa bench` on the form's pair (prefill, decode, stage-1 and stage-2 ratios, analytic, the paper's).
 - bench_packing: `llava-dpa bench-packing`'s speedup.
@@ -18,11 +21,15 @@ constants below (docs/gpu.md states them).
 from __future__ import annotations
 
 import gc
+import json
 import math
+import os
+import shutil
+import socket
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -33,6 +40,7 @@ from llava_dpa.benchmarks.packing import run
 from llava_dpa.benchmarks.throughput import bench_pair, synthetic_prompt
 from llava_dpa.data.dataset import DataCollatorForSupervisedDataset, DataSpec, LazySupervisedDataset
 from llava_dpa.gpu_check import models
+from llava_dpa.gpu_check.processes import run_command
 from llava_dpa.gpu_check.sizes import ENTRIES, QLORA_ENTRY, Size
 from llava_dpa.llava_integration.inference import to_model
 from llava_dpa.loading import load_pretrained_model
@@ -55,6 +63,13 @@ PACKING_LOSS_REL = 1e-2
 PACKING_GRAD_COSINE = 0.99
 #: the paper's Table 5 (4B, GPU): DPA / baseline inference throughput and training cost
 PAPER = {"inference_throughput": 0.94, "training_cost": 1.14}
+#: zero3: the registry entry it trains, the parts whose saved weights must have moved from the loaded ones (the
+#: projector is new: nothing to compare it with), and the seconds its command leaves the check to record it
+ZERO3_ENTRY = "dpa-qwen3-4b"
+ZERO3_MOVED_PARTS = ("language_model", "perceiver_vit", "perceiver_projector", "perceiver_lm")
+COMMAND_MARGIN_S = 10
+#: a check's command without a limit from the runner (a direct call) gets this many seconds
+DEFAULT_COMMAND_S = 600
 
 
 @dataclass
@@ -62,10 +77,18 @@ class Context:
     size: Size
     workdir: Path
     device: str
+    deadline: float | None = None  # time.monotonic() by which the check is killed (the runner's limit)
+    attn: str = "sdpa"             # the target's attention in the models the checks load and train
 
     @property
     def dtype(self) -> torch.dtype:
         return models.DTYPES[self.size.dtype]
+
+    def command_timeout(self) -> float:
+        """Seconds for a command the check starts: what its limit leaves, less the time to record the result."""
+        if self.deadline is None:
+            return DEFAULT_COMMAND_S
+        return max(1.0, self.deadline - time.monotonic() - COMMAND_MARGIN_S)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -92,7 +115,8 @@ def peak_memory(ctx: Context, box: dict, key: str = "peak_memory_gib"):
 
 
 def load(ctx: Context, path: str, dtype=None):
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, None, device=ctx.device, dtype=dtype or ctx.dtype)
+    tokenizer, model, processor, _ = load_pretrained_model(path, None, None, device=ctx.device, dtype=dtype or ctx.dtype,
+                                                           attn_implementation=ctx.attn)
     model.eval()  # each check's first forward encodes its images (the towers' inference memos start empty)
     return tokenizer, model, processor
 
@@ -290,7 +314,7 @@ def run_training(ctx: Context, argv: list[str]) -> dict:
     start = time.perf_counter()
     with mock.patch.object(DPATrainer, "__init__", init_with_probe), \
             mock.patch.object(train_module, "save_final", save_stage1_only), peak_memory(ctx, figures):
-        trainer = train_module.train(attn_implementation="sdpa", argv=argv)
+        trainer = train_module.train(attn_implementation=ctx.attn, argv=argv)
     figures["seconds"] = round(time.perf_counter() - start, 2)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     figures["loss"] = losses[0] if losses else None
@@ -351,6 +375,101 @@ def qlora(ctx: Context) -> dict:
                target_lora_params=target_lora)
     run["passed"] = run["passed"] and run["quantized_4bit_params"] > 0 and perceiver_lora > 0 and target_lora > 0
     return {"passed": run["passed"], "figures": run}
+
+
+# ---- DeepSpeed ZeRO-3 --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weights(folder: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    found = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        found.update(load_file(str(path)))
+    return found
+
+
+def moved(saved: dict, sources: dict[str, dict]) -> dict:
+    """Per part: the saved tensors that have a loaded counterpart (`sources`: key prefix in the checkpoint ->
+    that folder's weights), how many of them changed, the largest change; compared in fp32, so a bf16 copy
+    counts as changed only where the step moved it by at least its rounding."""
+    parts = {}
+    for key, value in saved.items():
+        for prefix, source in sources.items():
+            if key.startswith(prefix) and key[len(prefix):] in source:
+                before = source[key[len(prefix):]]
+                row = parts.setdefault(part_of(key).value, {"tensors": 0, "changed": 0, "max_abs_change": 0.0,
+                                                            "other_shape": 0})
+                row["tensors"] += 1
+                if value.shape != before.shape:  # not the loaded tensor (it counts as not moved)
+                    row["other_shape"] += 1
+                    break
+                change = (value.float() - before.float()).abs().max().item()
+                row["changed"] += int(change > 0)
+                row["max_abs_change"] = max(row["max_abs_change"], change)
+                break
+    return parts
+
+
+def zero3(ctx: Context) -> dict:
+    """One DPA stage-2 step under ZeRO-3 through the registry's own command: DeepSpeed's launcher (as its module,
+    with this interpreter: the bundle's install puts no console scripts on PATH) starting
+    `llava.train.train_mem --deepspeed zero3.json`. What a multi-GPU run takes and the in-process train check
+    does not: the launcher and its process group, zero.Init's partitioned loading of the target and the
+    perceiver (under GatheredParameters), DeepSpeed's optimizer wrapping torch's AdamW (the config names no
+    optimizer: the trainer's goes in as the client optimizer), and the gathered 16-bit save."""
+    figures = {"entry": ZERO3_ENTRY, "stage": 2, "processes": 1, "precision": ctx.size.deepspeed_precision,
+               "scale": ctx.size.deepspeed_scale if ctx.size.deepspeed_scale is not None else ctx.size.scale}
+    start = time.perf_counter()
+    built = models.zero3_models(ctx.size, ctx.workdir, ctx.device)
+    release(ctx)
+    figures["build_seconds"] = round(time.perf_counter() - start, 2)
+    figures["target"] = {k: built["configs"]["target"][k] for k in ("hidden_size", "num_hidden_layers")}
+    runs = models.layout(ctx.workdir)["runs"]
+    out = runs / "zero3"
+    shutil.rmtree(out, ignore_errors=True)
+    base = settings_for(ctx, "llava")
+    settings = replace(base, paths={**base.paths, "qwen3_4b": built["target"]}, launcher="deepspeed",
+                       deepspeed_config="zero3", gpus_per_node=1, master_addr="127.0.0.1", master_port=free_port(),
+                       precision=ctx.size.deepspeed_precision)
+    flags = one_step_flags(ctx, "llava") + ["--vision_tower", built["tower"], "--output_dir", str(out)]
+    command = stage_command(ZERO3_ENTRY, 2, settings, flags, ("--lr_scheduler_kwargs", "--pretrain_mm_mlp_adapter"))
+    if command.launcher[0] != "deepspeed":
+        raise RuntimeError(f"the registry rendered {command.launcher[0]!r} for launcher deepspeed")
+    argv = [sys.executable, "-m", "deepspeed.launcher.runner", *command.launcher[1:], *command.argv]
+    figures["command"] = " ".join(argv)
+    figures["zero_stage"] = json.loads(Path(settings.deepspeed_file()).read_text())["zero_optimization"]["stage"]
+    finished = run_command(argv, ctx.command_timeout(), runs / "zero3.log",
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    figures.update(seconds=finished.seconds, exit_status=finished.returncode, timed_out=finished.timed_out)
+    if finished.returncode != 0:
+        figures["error"] = (f"killed at {finished.seconds:.0f} s, its share of the check's limit" if finished.timed_out
+                            else f"exit status {finished.returncode}") + f"; its output ended:\n{finished.output}"
+        return {"passed": False, "figures": figures}
+    print(finished.output, flush=True)
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    runtime = [h["train_runtime"] for h in state["log_history"] if "train_runtime" in h]
+    record = json.loads((out / "run_config.json").read_text())
+    figures.update(loss=losses[0] if losses else None, steps=state["global_step"],
+                   train_runtime_s=runtime[0] if runtime else None,
+                   deepspeed_version=record["versions"].get("deepspeed"),
+                   # the launcher's rank argument and the config reached the training process
+                   launched_by_deepspeed=any(a.startswith("--local_rank") for a in record["argv"]),
+                   deepspeed_config=record["argv"][record["argv"].index("--deepspeed") + 1]
+                   if "--deepspeed" in record["argv"] else None)
+    parts = moved(weights(out), {"model.vision_tower.perceiver.": weights(built["tower"]), "": weights(built["target"])})
+    figures["parts"] = parts
+    figures["unmoved_parts"] = [p for p in ZERO3_MOVED_PARTS if not parts.get(p, {}).get("changed")]
+    figures["passed"] = (figures["loss"] is not None and math.isfinite(figures["loss"]) and figures["steps"] == 1
+                         and figures["launched_by_deepspeed"] and figures["deepspeed_config"] is not None
+                         and figures["zero_stage"] == 3 and not figures["unmoved_parts"])
+    shutil.rmtree(out, ignore_errors=True)
+    return {"passed": figures["passed"], "figures": figures}
 
 
 # ---- packing ----------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 - `build`: the component folders (the ViT, the perceiver LM, the target, the 32B-wide QLoRA target), the two
   perceivers (the paper's LLaVA-format VLM, and the release's Qwen-VL-native one) and the synthetic data set;
 - `assemble_form`: a form's DPA and baseline checkpoints (`benchmarks/models.assemble_pair`, as training
-  assembles them), written only while that form's checks run, since at the full size each pair takes ~19 GB.
+  assembles them), written only while that form's checks run, since at the full size each pair takes ~19 GB;
+- `zero3_models`: the target and the LLaVA-format perceiver the ZeRO-3 check trains (`Size.deepspeed_scale`).
 Everything is written under one work folder; `layout` names its paths."""
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def layout(workdir: str | Path) -> dict:
     return {"components": root / "components", "qlora_target": root / "components" / "qlora_target",
             "perceiver": {form: root / "components" / f"perceiver-{form}" for form in FORMS},
             "pair": {form: root / f"pair-{form}" for form in FORMS}, "data": root / "data",
-            "runs": root / "runs", "manifest": root / "models.json"}
+            "runs": root / "runs", "zero3": root / "zero3", "manifest": root / "models.json"}
 
 
 def build(size: Size, workdir: str | Path, device: str) -> dict:
@@ -74,3 +75,20 @@ def pair(workdir: str | Path, form: str) -> dict:
 
 def remove_form(workdir: str | Path, form: str) -> None:
     shutil.rmtree(layout(workdir)["pair"][form], ignore_errors=True)
+
+
+def zero3_models(size: Size, workdir: str | Path, device: str) -> dict:
+    """{"target", "tower" (the --vision_tower value), "configs"}: the built components, or at
+    `size.deepspeed_scale` of the paper's new ones (a target and the paper's LLaVA-format perceiver)."""
+
+    built = manifest(workdir)
+    if size.deepspeed_scale is None:
+        return {"target": built["components"]["target"], "tower": built["towers"]["llava"],
+                "configs": {k: built["configs"][k] for k in ("vit", "perceiver_lm", "target")}}
+    root = layout(workdir)["zero3"]
+    shutil.rmtree(root, ignore_errors=True)
+    found = {k: v for k, v in configs(size, size.deepspeed_scale).items() if k != "qlora_target"}
+    components = write_components(found, root / "components", size.image_size, DTYPES[size.dtype], seed=0,
+                                  device=device)
+    tower = make_perceiver_of(components, found, root / "perceiver", "llava")
+    return {"target": str(components["target"]), "tower": tower, "configs": found}

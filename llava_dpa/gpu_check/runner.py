@@ -24,14 +24,17 @@ from pathlib import Path
 import llava_dpa
 from llava_dpa.gpu_check import checks
 from llava_dpa.gpu_check.models import remove_form
+from llava_dpa.gpu_check.processes import run_command
 from llava_dpa.gpu_check.schema import PACKAGES, SCHEMA, STATUSES, problems
 from llava_dpa.gpu_check.sizes import FORMS, SIZES
 
 REPORT, LOG = "gpu_check.json", "gpu_check.log"
 #: seconds per check on the GPU; the smoke's are its own
-LIMITS = {"build": 150, "qlora": 90, "assemble": 90, "forward": 45, "generate": 45, "packing": 45, "bench": 75,
-          "train": 150, "bench_packing": 120}
+LIMITS = {"build": 150, "qlora": 90, "zero3": 120, "assemble": 90, "forward": 45, "generate": 45, "packing": 45,
+          "bench": 75, "train": 150, "bench_packing": 120}
 SMOKE_LIMITS = {name: 150 for name in LIMITS}  # ~10 s each on 2 idle cores; generous for a machine under load
+# zero3 starts a fresh training process (imports, zero.Init, the save): 15-45 s here, the rest ~3 s each
+SMOKE_LIMITS["zero3"] = 300
 #: the whole run's deadline (the GPU's 8 minutes less the install), and the smoke's
 DEADLINE_S = {"full": 440, "smoke": 900}
 PAIR_CHECKS = ("forward", "generate", "packing", "bench")
@@ -49,7 +52,7 @@ class Unit:
 
 def plan(size: str = "full") -> list[Unit]:
     """In order of value per second: what would most change the next GPU run comes first."""
-    units = [Unit("build", "build"), Unit("qlora", "qlora", needs="build")]
+    units = [Unit("build", "build"), Unit("qlora", "qlora", needs="build"), Unit("zero3", "zero3", needs="build")]
     for form in FORMS:
         units.append(Unit(f"assemble/{form}", "assemble", form, needs="build"))
         units += [Unit(f"{c}/{form}", c, form, needs=f"assemble/{form}") for c in PAIR_CHECKS]
@@ -74,6 +77,26 @@ def select(units: list[Unit], only: list[str] | None) -> list[Unit]:
     return [u for u in units if u.name in wanted]
 
 
+def attn_refusal(attn: str, device: str, units: list[Unit]) -> str | None:
+    """Why the run cannot use this attention (None: it can). flash_attention_2 is for a machine with flash-attn:
+    its packed path (the mask dropped, the positions restarting per sample) runs in no other configuration."""
+    if attn == "sdpa":
+        return None
+    if attn != "flash_attention_2":
+        return f"--attn {attn}: use sdpa or flash_attention_2"
+    import importlib.util
+
+    if not device.startswith("cuda"):
+        return "--attn flash_attention_2 needs a CUDA device (flash-attn has no CPU kernels)"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "--attn flash_attention_2: flash-attn is not installed here (pip install flash-attn for this torch and CUDA)"
+    fp32 = [u.name for u in units if u.check == "forward"]
+    if fp32:
+        return (f"--attn flash_attention_2: {', '.join(fp32)} compares with an fp32 run, which flash-attention does "
+                "not compute; choose the checks with --only (e.g. --only packing/llava packing/qwen-vl)")
+    return None
+
+
 # ---- where it ran -----------------------------------------------------------------------------------------
 def _version(package: str) -> str | None:
     from importlib import metadata
@@ -91,7 +114,11 @@ def _commit() -> str | None:
         return os.environ["LLAVA_DPA_COMMIT"]
     repo = Path(__file__).resolve().parents[2]
     if shutil.which("git") and (repo / ".git").exists():
-        proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        try:
+            proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return None
         return proc.stdout.strip() or None
     return None
 
@@ -110,14 +137,17 @@ def _bundle() -> tuple[str | None, bool | None]:
     return (commit if isinstance(commit, str) and commit else None), (dirty if isinstance(dirty, bool) else None)
 
 
-def environment(device: str, dtype: str) -> dict:
+def environment(device: str, dtype: str, attn: str = "sdpa") -> dict:
     import torch
 
     driver = None
     if device.startswith("cuda") and shutil.which("nvidia-smi"):
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True)
-        driver = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+        try:
+            proc = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            driver = proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+        except subprocess.TimeoutExpired:  # a driver that does not answer is recorded as unknown
+            driver = None
     cuda = device.startswith("cuda")
     versions = {p: _version(p) for p in PACKAGES}
     if versions["llava-dpa"] is None:  # run from the source tree (PYTHONPATH), not installed
@@ -128,15 +158,17 @@ def environment(device: str, dtype: str) -> dict:
             "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 2) if cuda else None,
             "python": platform.python_version(), "platform": platform.platform(), "commit": _commit(),
             "bundle_commit": bundle_commit, "bundle_dirty": bundle_dirty, "dtype": dtype,
-            "attn_implementation": "sdpa", "versions": versions}
+            "attn_implementation": attn, "versions": versions}
 
 
 # ---- one check --------------------------------------------------------------------------------------------
-def execute(name: str, size_name: str, workdir: str, device: str) -> dict:
-    """Run one check in this process: {"passed", "figures"}."""
+def execute(name: str, size_name: str, workdir: str, device: str, limit: float | None = None,
+            attn: str = "sdpa") -> dict:
+    """Run one check in this process: {"passed", "figures"}. `limit`: its seconds, for the processes it starts."""
 
     unit = {u.name: u for u in plan()}[name]
-    ctx = checks.Context(SIZES[size_name], Path(workdir), device)
+    ctx = checks.Context(SIZES[size_name], Path(workdir), device,
+                         deadline=time.monotonic() + limit if limit is not None else None, attn=attn)
     fn = getattr(checks, unit.check)
     return fn(ctx, unit.form) if unit.form else fn(ctx)
 
@@ -145,14 +177,15 @@ class _Alarm(BaseException):
     """Not an Exception: a check's own `except Exception` (train's per-run one) must not swallow its limit."""
 
 
-def _inline(unit: Unit, size: str, workdir: str, device: str, limit: float) -> tuple[str, dict, str | None]:
+def _inline(unit: Unit, size: str, workdir: str, device: str, limit: float,
+            attn: str) -> tuple[str, dict, str | None]:
     def ring(*_):
         raise _Alarm()
 
     previous = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, max(limit, 1))
     try:
-        result = execute(unit.name, size, workdir, device)
+        result = execute(unit.name, size, workdir, device, limit, attn)
         return ("passed" if result["passed"] else "failed"), result["figures"], None
     except _Alarm:
         return "timeout", {}, f"no result within its limit of {limit:.0f} s"
@@ -163,30 +196,22 @@ def _inline(unit: Unit, size: str, workdir: str, device: str, limit: float) -> t
         signal.signal(signal.SIGALRM, previous)
 
 
-def _process(unit: Unit, size: str, workdir: str, device: str, limit: float) -> tuple[str, dict, str | None]:
+def _process(unit: Unit, size: str, workdir: str, device: str, limit: float,
+             attn: str) -> tuple[str, dict, str | None]:
     folder = Path(workdir) / "results"
     folder.mkdir(parents=True, exist_ok=True)
     result, log = folder / f"{unit.name.replace('/', '_')}.json", folder / f"{unit.name.replace('/', '_')}.log"
     result.unlink(missing_ok=True)
     command = [sys.executable, "-m", "llava_dpa.gpu_check", "unit", unit.name, "--size", size, "--workdir", workdir,
-               "--device", device, "--result", str(result)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=limit)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the check and whatever it started
-            proc.wait()
-            timed_out = True
-    text = log.read_text(errors="replace")
-    sys.stdout.write(text)
+               "--device", device, "--result", str(result), "--limit", str(limit), "--attn", attn]
+    # killed at its limit with whatever it started (the check's own limits on its children come first)
+    finished = run_command(command, limit, log, tail_lines=40)
+    sys.stdout.write(log.read_text(errors="replace"))
     sys.stdout.flush()
-    tail = "\n".join(text.splitlines()[-40:])
-    if timed_out:
-        return "timeout", {}, f"killed at its limit of {limit:.0f} s; its output ended:\n{tail}"
-    if proc.returncode != 0 or not result.is_file():
-        return "error", {}, f"exit status {proc.returncode}; its output ended:\n{tail}"
+    if finished.timed_out:
+        return "timeout", {}, f"killed at its limit of {limit:.0f} s; its output ended:\n{finished.output}"
+    if finished.returncode != 0 or not result.is_file():
+        return "error", {}, f"exit status {finished.returncode}; its output ended:\n{finished.output}"
     found = json.loads(result.read_text())
     return ("passed" if found["passed"] else "failed"), found["figures"], None
 
@@ -200,7 +225,7 @@ def _write(outdir: Path, report: dict) -> None:
 
 
 def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str | Path,
-        only: list[str] | None = None, deadline_s: float | None = None) -> int:
+        only: list[str] | None = None, deadline_s: float | None = None, attn: str = "sdpa") -> int:
     """Every check of the plan (or `only` these and what they need); writes OUTDIR/gpu_check.json. Exit status
     (check.sh's): 0 when every planned check passed; 1 otherwise: a check failed, errored, timed out or was
     skipped, or the report departs from its schema. (2 is check.sh's: the run could not start.)"""
@@ -213,7 +238,7 @@ def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str
     start = time.monotonic()
     report = {"schema": SCHEMA, "mode": "gpu" if size == "full" else "cpu-smoke", "size": size,
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
-              "deadline_s": deadline, "complete": False, "environment": environment(device, SIZES[size].dtype),
+              "deadline_s": deadline, "complete": False, "environment": environment(device, SIZES[size].dtype, attn),
               "checks": [], "summary": {}}
     env = report["environment"]
     print(f"[gpu-check] {report['mode']} on {env['device']} (driver {env['driver']}, CUDA {env['cuda']}), torch "
@@ -232,7 +257,7 @@ def run(outdir: str | Path, size: str, device: str, isolation: str, workdir: str
         else:
             print(f"[gpu-check] {unit.name}: start (limit {limit:.0f} s)", flush=True)
             runner = _process if isolation == "process" else _inline
-            status, figures, error = runner(unit, size, str(workdir), device, limit)
+            status, figures, error = runner(unit, size, str(workdir), device, limit, attn)
         seconds = round(time.monotonic() - t0, 2)
         status_of[unit.name] = status
         report["checks"].append({"name": unit.name, "status": status, "seconds": seconds,

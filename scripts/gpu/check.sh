@@ -7,21 +7,24 @@
 # Options: --no-install (the Python already has llava-torch, patched, and the project's dependencies),
 #          --only CHECK[,CHECK...] (these checks and what they need, e.g. --only qlora,train/llava;
 #          the names: `python -m llava_dpa.gpu_check run --help`),
-#          --keep-workdir (leave the built models in the work folder).
+#          --keep-workdir (leave the built models in the work folder),
+#          --attn flash_attention_2 (where flash-attn is installed: the packed flash-attention path; name the checks
+#          with --only, e.g. --only packing/llava,packing/qwen-vl,train/llava; forward's fp32 reference cannot run it).
 # Environment: PYTHON (default python3), GPU_BUNDLE (default <repo>/gpu_bundle), GPU_CHECK_WORKDIR (where the
 # run's own work folder is made; default ${TMPDIR:-/tmp}).
 # Writes OUTDIR/gpu_check.json and OUTDIR/gpu_check.log (everything this script and the checks print).
 # Exit status: 0 when every check passed, 1 when one did not or the JSON breaks its schema, 2 when the run could not start.
 set -uo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-SMOKE=0 INSTALL=1 KEEP=0 OUTDIR="" ONLY=""
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+SMOKE=0 INSTALL=1 KEEP=0 OUTDIR="" ONLY="" ATTN=sdpa
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-smoke) SMOKE=1 ;;
         --no-install) INSTALL=0 ;;
         --keep-workdir) KEEP=1 ;;
         --only) [ $# -gt 1 ] || usage; ONLY=$2; shift ;;
+        --attn) [ $# -gt 1 ] || usage; ATTN=$2; shift ;;
         -h|--help) usage ;;
         -*) echo "check.sh: unknown option $1" >&2; usage ;;
         *) [ -z "$OUTDIR" ] || usage; OUTDIR=$1 ;;
@@ -58,10 +61,14 @@ if [ "$INSTALL" = 1 ]; then
     mkdir -p "$SITE"
     export PYTHONPATH="$REPO:$SITE${OLD_PYTHONPATH:+:$OLD_PYTHONPATH}"
     WANT=()
-    # import name : distribution (the project's dependencies the GPU image may lack, and llava-torch, bitsandbytes)
+    # import name : distribution (the project's dependencies the GPU image may lack, llava-torch, bitsandbytes,
+    # and DeepSpeed with what it imports at run time; its wheel has no compiled ops: make gpu-bundle)
     for pair in llava:llava-torch bitsandbytes:bitsandbytes sentencepiece:sentencepiece google.protobuf:protobuf \
                 shortuuid:shortuuid einops:einops requests:requests urllib3:urllib3 idna:idna certifi:certifi \
-                charset_normalizer:charset-normalizer yaml:pyyaml tqdm:tqdm; do
+                charset_normalizer:charset-normalizer yaml:pyyaml tqdm:tqdm deepspeed:deepspeed hjson:hjson \
+                msgpack:msgpack cpuinfo:py-cpuinfo psutil:psutil pydantic:pydantic pydantic_core:pydantic-core \
+                annotated_types:annotated-types typing_inspection:typing-inspection \
+                typing_extensions:typing-extensions; do
         "$PY" -c "import ${pair%%:*}" 2>/dev/null || WANT+=("${pair#*:}")
     done
     if [ ${#WANT[@]} -gt 0 ]; then
@@ -86,7 +93,7 @@ PYEOF
 fi
 "$PY" -m llava_dpa.cli patch-llava --check >/dev/null || { echo "[check.sh] llava is not patched" >&2; exit 2; }
 
-ARGS=(run "$OUTDIR" --workdir "$WORK")
+ARGS=(run "$OUTDIR" --workdir "$WORK" --attn "$ATTN")
 [ "$SMOKE" = 1 ] && ARGS+=(--size smoke --device cpu) || ARGS+=(--size full)
 [ -n "$ONLY" ] && ARGS+=(--only ${ONLY//,/ })
 "$PY" -m llava_dpa.gpu_check "${ARGS[@]}"
